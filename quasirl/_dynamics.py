@@ -1,0 +1,375 @@
+"""Quasispecies dynamics on an MDP: forward populations, backward desirabilities, soft policy.
+
+Forward step (DESIGN.md):  n_{t+1}(s') = sum_{s,a} n_t(s) policy(a|s) P(s'|s,a) exp(R(s,a,s')/T),
+n_0 = init, sum_s n_H(s) = Z(T). The kernels carry u = T log n (value units, see
+``quasirl.semiring``), normalise each step by its maximum and add the shift to an accumulator, so
+F(T) = T log Z is a sum of O(reward) numbers for every T >= 0 and the same code is the max-plus
+recursion at T = 0.
+
+Jit policy: the private ``_*_batch`` functions are jitted (horizon static) and vmapped over a
+1-D array of temperatures; public functions validate on concrete input, call them once, and
+strip the batch axis for scalar T. Helpers are plain functions.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _validate as V
+from ._mdp import MDP
+from .semiring import safe_log, smax, smax_weighted, tie_tolerance, value_weight
+
+__all__ = [
+    "Evolution",
+    "bellman_value",
+    "desirability",
+    "evolve",
+    "free_energy",
+    "log_partition",
+    "occupancy",
+    "optimal_value",
+    "optimism_gap",
+    "soft_policy",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# tables shared by all temperatures (computed once per call, inside jit)
+# --------------------------------------------------------------------------------------------
+class _Pull(NamedTuple):
+    """Reverse lists: for each state s', the J transitions entering it."""
+
+    src: jax.Array  # [S, J] source state
+    logw: jax.Array  # [S, J] log(policy * prob), -inf on padding
+    rew: jax.Array  # [S, J] reward, 0 on padding
+    log_init: jax.Array  # [S]
+
+
+class _Push(NamedTuple):
+    """Forward lists: outcome (a, k) of state s, flattened to [S, A*K]."""
+
+    next: jax.Array  # [S, A*K]
+    logw: jax.Array  # [S, A*K] log(policy * prob)
+    rew: jax.Array  # [S, A*K]
+    log_init: jax.Array
+
+
+def _pull_tables(mdp: MDP) -> _Pull:
+    S, A, K = mdp.shape
+    n = S * A * K
+    logw = safe_log(mdp.policy[:, :, None] * mdp.prob).reshape(n)
+    logw = jnp.concatenate([logw, jnp.full((1,), -jnp.inf, logw.dtype)])
+    rew = jnp.concatenate([mdp.reward.reshape(n), jnp.zeros((1,), logw.dtype)])
+    src = jnp.where(mdp.pred < n, mdp.pred // (A * K), 0)
+    return _Pull(src, logw[mdp.pred], rew[mdp.pred], safe_log(mdp.init))
+
+
+def _push_tables(mdp: MDP) -> _Push:
+    S, A, K = mdp.shape
+    logw = safe_log(mdp.policy[:, :, None] * mdp.prob).reshape(S, A * K)
+    return _Push(
+        mdp.next.reshape(S, A * K), logw, mdp.reward.reshape(S, A * K), safe_log(mdp.init)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# single-temperature kernels
+# --------------------------------------------------------------------------------------------
+def _forward_value(tab: _Pull, T, horizon: int, maxplus: bool = False):
+    """F(T) = T log Z(T) by the normalised forward recursion (one temperature)."""
+    c = value_weight(tab.logw, tab.rew, T)
+    u0 = value_weight(tab.log_init, jnp.zeros_like(tab.log_init), T)
+    reduce = (lambda x: jnp.max(x, axis=1)) if maxplus else (lambda x: smax(x, T, axis=1))
+
+    def step(carry, _):
+        u, acc = carry
+        u = reduce(u[tab.src] + c)
+        shift = jnp.max(u)
+        return (u - shift, acc + shift), None
+
+    shift0 = jnp.max(u0)
+    (u, acc), _ = jax.lax.scan(step, (u0 - shift0, shift0), None, length=horizon)
+    last = jnp.max(u) if maxplus else smax(u, T, axis=0)
+    return acc + last
+
+
+def _evolve_one(tab: _Pull, T, steps: int, save_every: int | None):
+    """Normalised population after ``steps`` steps, its log normaliser and F; T >= 0.
+
+    At T = 0 the population is the T -> 0 limit: the states reached by max-return paths, in
+    proportion to those paths' total weight, and the 'log normaliser' is the log of that total
+    weight W (Z ~ W exp(F/T) as T -> 0).
+    """
+    c = value_weight(tab.logw, tab.rew, T)
+    u0 = value_weight(tab.log_init, jnp.zeros_like(tab.log_init), T)
+    lw_c = tab.logw
+    is0 = T == 0
+
+    def normalise(u, lW):
+        m = jnp.max(u)
+        return u - m, lW, m
+
+    def step(carry, _):
+        u, lW, acc = carry
+        x = u[tab.src] + c
+        u_soft = smax(x, T, axis=1)
+        u_max, lW_new = smax_weighted(x, lW[tab.src] + lw_c, axis=1)
+        u_new = jnp.where(is0, u_max, u_soft)
+        u_new, lW_new, shift = normalise(u_new, lW_new)
+        return (u_new, lW_new, acc + shift), None
+
+    def population(carry):
+        u, lW, acc = carry
+        Ts = jnp.where(T > 0, T, 1.0)
+        F_soft = acc + smax(u, T, axis=0)
+        n_soft = jnp.exp((u - smax(u, T, axis=0)) / Ts)
+        tol = tie_tolerance(jnp.abs(acc), u.dtype)
+        top = u >= jnp.max(u) - tol
+        lw_top = jnp.where(top, lW, -jnp.inf)
+        logW = smax(lw_top, 1.0, axis=0)
+        n_zero = jnp.exp(lw_top - logW)
+        n = jnp.where(is0, n_zero, n_soft)
+        logZ = jnp.where(is0, logW, F_soft / Ts)
+        F = jnp.where(is0, acc + jnp.max(u), F_soft)
+        return n, logZ, F
+
+    u0n, lW0, m0 = normalise(u0, tab.log_init)
+    carry = (u0n, lW0, m0)
+    if save_every is None:
+        carry, _ = jax.lax.scan(step, carry, None, length=steps)
+        return (*population(carry), None)
+    blocks, rest = divmod(steps, save_every)
+
+    def block(carry, _):
+        carry, _ = jax.lax.scan(step, carry, None, length=save_every)
+        return carry, population(carry)[0]
+
+    first = population(carry)[0]
+    carry, traj = jax.lax.scan(block, carry, None, length=blocks)
+    carry, _ = jax.lax.scan(step, carry, None, length=rest)
+    traj = jnp.concatenate([first[None], traj], axis=0)
+    return (*population(carry), traj)
+
+
+def _backward(tab: _Push, T, horizon: int):
+    """Desirabilities in value units: z[t, s] = T log sum over futures from (t, s).
+
+    Also returns q[t, s, a*K+k] = value-unit weight of each outcome plus z[t+1] of its successor.
+    """
+    c = value_weight(tab.logw, tab.rew, T)  # [S, A*K]
+
+    def step(z, _):
+        q = c + z[tab.next]
+        return smax(q, T, axis=1), (z, q)
+
+    zH = jnp.zeros(tab.next.shape[0], c.dtype)
+    z0, (zs, qs) = jax.lax.scan(step, zH, None, length=horizon, reverse=True)
+    return z0, zs, qs
+
+
+def _soft_policy_one(tab: _Push, T, horizon: int, A: int):
+    S = tab.next.shape[0]
+    _, _, qs = _backward(tab, T, horizon)  # qs[t, s, a*K+k]
+    H = qs.shape[0]
+    qa = smax(qs.reshape(H, S, A, -1), T, axis=3)  # [H, S, A]
+    zt = smax(qa, T, axis=2)  # z_t(s) = smax_a q_t(s, a)
+    Ts = jnp.where(T > 0, T, 1.0)
+    soft = jnp.exp((qa - zt[..., None]) / Ts)
+    tol = tie_tolerance(jnp.abs(zt), qa.dtype)[..., None]
+    tied = (qa >= zt[..., None] - tol) & jnp.isfinite(qa)
+    greedy = tied / jnp.sum(tied, axis=2, keepdims=True)
+    return jnp.where(T > 0, soft, greedy)
+
+
+# --------------------------------------------------------------------------------------------
+# batched, jitted entry points (vmap over temperatures)
+# --------------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("horizon", "maxplus"))
+def _free_energy_batch(mdp: MDP, T, horizon: int, maxplus: bool = False):
+    tab = _pull_tables(mdp)
+    return jax.vmap(lambda t: _forward_value(tab, t, horizon, maxplus))(T)
+
+
+@partial(jax.jit, static_argnames=("steps", "save_every"))
+def _evolve_batch(mdp: MDP, T, steps: int, save_every: int | None):
+    tab = _pull_tables(mdp)
+    return jax.vmap(lambda t: _evolve_one(tab, t, steps, save_every))(T)
+
+
+@partial(jax.jit, static_argnames=("horizon",))
+def _desirability_batch(mdp: MDP, T, horizon: int):
+    tab = _push_tables(mdp)
+
+    def one(t):
+        z0, zs, _ = _backward(tab, t, horizon)
+        return jnp.concatenate([z0[None], zs], axis=0)
+
+    return jax.vmap(one)(T)
+
+
+@partial(jax.jit, static_argnames=("horizon",))
+def _soft_policy_batch(mdp: MDP, T, horizon: int):
+    tab = _push_tables(mdp)
+    A = mdp.num_actions
+    return jax.vmap(lambda t: _soft_policy_one(tab, t, horizon, A))(T)
+
+
+@partial(jax.jit, static_argnames=("horizon",))
+def _bellman_batch(mdp: MDP, horizon: int):
+    S, A, K = mdp.shape
+    allowed = mdp.policy > 0
+
+    def step(V, _):
+        Q = jnp.sum(mdp.prob * (mdp.reward + V[mdp.next]), axis=2)
+        return jnp.max(jnp.where(allowed, Q, -jnp.inf), axis=1), None
+
+    V0, _ = jax.lax.scan(step, jnp.zeros(S, mdp.prob.dtype), None, length=horizon)
+    return V0
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def _check(mdp, horizon, name="horizon"):
+    if not isinstance(mdp, MDP):
+        raise V.QuasirlValueError(f"mdp must be a quasirl.MDP, got {type(mdp).__name__}")
+    return V.check_horizon(horizon, name)
+
+
+def _temperatures(mdp, T):
+    t, batched = V.check_temperature(T)
+    t = jnp.atleast_1d(t).astype(mdp.prob.dtype)
+    return t, batched
+
+
+def _all_zero(t) -> bool:
+    return V.is_concrete(t) and bool(np.all(np.asarray(t) == 0))
+
+
+def free_energy(mdp: MDP, T, horizon: int):
+    """F(T) = T log Z(T), Z(T) = sum over paths of w_p exp(R_p / T); exact max-plus at T = 0.
+
+    T is a scalar or a 1-D array (results on a leading axis); entries may be 0. At T = 0 the
+    result is the maximum return over paths of positive weight. Differentiable in the rewards,
+    init and policy at every T >= 0 (the gradient with respect to R is the expected transition
+    occupancy under the tempered path distribution).
+    """
+    horizon = _check(mdp, horizon)
+    t, batched = _temperatures(mdp, T)
+    out = _free_energy_batch(mdp, t, horizon, maxplus=_all_zero(t))
+    return out if batched else out[0]
+
+
+def log_partition(mdp: MDP, T, horizon: int):
+    """log Z(T) for T > 0 (scalar or 1-D array)."""
+    horizon = _check(mdp, horizon)
+    t, batched = _temperatures(mdp, T)
+    if V.is_concrete(t) and bool(np.any(np.asarray(t) == 0)):
+        raise V.QuasirlValueError(
+            "log_partition needs T > 0 (log Z diverges as T -> 0); use free_energy at T = 0"
+        )
+    out = _free_energy_batch(mdp, t, horizon) / t
+    return out if batched else out[0]
+
+
+def optimal_value(mdp: MDP, horizon: int):
+    """max over paths with positive weight of the return: F(0), by the max-plus recursion."""
+    return free_energy(mdp, 0.0, horizon)
+
+
+class Evolution(NamedTuple):
+    """Result of :func:`evolve` (leading temperature axis when T is an array).
+
+    population: normalised population n_steps / sum(n_steps)  [S]
+    log_normaliser: log Z = log sum n_steps for T > 0; at T = 0 the log of the total weight W of
+        the max-return paths (Z ~ W exp(value / T) as T -> 0)
+    value: T log Z (the free energy; the max return at T = 0)
+    trajectory: populations at steps 0, k, 2k, ... when save_every = k, else None
+    """
+
+    population: jax.Array
+    log_normaliser: jax.Array
+    value: jax.Array
+    trajectory: jax.Array | None
+
+
+def evolve(mdp: MDP, T, steps: int, save_every: int | None = None) -> Evolution:
+    """Iterate the quasispecies equation for ``steps`` steps from n_0 = init.
+
+    ``save_every=k`` keeps the populations every k steps (memory grows as steps/k * S); the
+    default keeps only the final one.
+    """
+    steps = _check(mdp, steps, "steps")
+    if save_every is not None:
+        save_every = V.check_horizon(save_every, "save_every")
+        if save_every == 0:
+            raise V.QuasirlValueError("save_every must be >= 1 (or None), got 0")
+    t, batched = _temperatures(mdp, T)
+    n, logZ, F, traj = _evolve_batch(mdp, t, steps, save_every)
+    if not batched:
+        n, logZ, F = n[0], logZ[0], F[0]
+        traj = None if traj is None else traj[0]
+    return Evolution(n, logZ, F, traj)
+
+
+def desirability(mdp: MDP, T, horizon: int):
+    """Backward desirabilities in value units, [H+1, S]: T log of the tempered weight of all
+    futures from state s at time t (the max-plus value-to-go at T = 0); row H is 0."""
+    horizon = _check(mdp, horizon)
+    t, batched = _temperatures(mdp, T)
+    out = _desirability_batch(mdp, t, horizon)
+    return out if batched else out[0]
+
+
+def soft_policy(mdp: MDP, T, horizon: int):
+    """pi_t(a|s), [H, S, A]: the fraction of the surviving lineage at (t, s) that takes a.
+
+    Forward population times backward desirability, normalised over actions; at T = 0 the
+    greedy finite-horizon max-plus policy with ties split evenly.
+    """
+    horizon = _check(mdp, horizon)
+    t, batched = _temperatures(mdp, T)
+    out = _soft_policy_batch(mdp, t, horizon)
+    return out if batched else out[0]
+
+
+def bellman_value(mdp: MDP, horizon: int, per_state: bool = False):
+    """Expectimax finite-horizon Bellman value: V_t(s) = max_a sum_s' P (R + V_{t+1}(s')).
+
+    Actions range over the support of the exploration policy. Returns max over start states in
+    the support of init of V_0 (the same treatment of the start as :func:`optimal_value`, so the
+    two differ only through transition noise), or V_0 [S] with ``per_state=True``.
+    """
+    horizon = _check(mdp, horizon)
+    V0 = _bellman_batch(mdp, horizon)
+    if per_state:
+        return V0
+    return jnp.max(jnp.where(mdp.init > 0, V0, -jnp.inf))
+
+
+def optimism_gap(mdp: MDP, horizon: int):
+    """optimal_value - bellman_value >= 0: the optimism of selection / RL-as-inference.
+
+    Zero for deterministic MDPs; positive when the population's T -> 0 limit relies on lucky
+    outcomes of stochastic transitions that a controller cannot choose.
+    """
+    return optimal_value(mdp, horizon) - bellman_value(mdp, horizon)
+
+
+def occupancy(mdp: MDP, T, horizon: int):
+    """Expected number of uses of each transition outcome, [S, A, K], under the tempered path
+    distribution: dF/dR (scalar T only)."""
+    horizon = _check(mdp, horizon)
+    t, batched = _temperatures(mdp, T)
+    if batched:
+        raise V.QuasirlValueError("occupancy takes a scalar T")
+
+    def F(r):
+        return _free_energy_batch(mdp.replace(reward=r), t, horizon)[0]
+
+    return jax.grad(F)(mdp.reward)

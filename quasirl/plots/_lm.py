@@ -1,0 +1,3 @@
+"""Figures for the lm analyses."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures for the mdp analyses."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures for the paths analyses."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures for the phase analyses."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures for the selection analyses."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Figures for the sequence analyses."""
+
+__all__: list[str] = []
