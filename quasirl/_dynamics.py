@@ -330,7 +330,10 @@ def soft_policy(mdp: MDP, T, horizon: int):
     """pi_t(a|s), [H, S, A]: the fraction of the surviving lineage at (t, s) that takes a.
 
     Forward population times backward desirability, normalised over actions; at T = 0 the
-    greedy finite-horizon max-plus policy with ties split evenly.
+    greedy finite-horizon max-plus policy with ties split evenly. (As T -> 0+ the soft policy
+    tends to the greedy one wherever the best action is unique; at exact ties its limit splits
+    in proportion to the weight of each action's optimal continuations, while T = 0 splits
+    evenly, as a Bellman controller would.)
     """
     horizon = _check(mdp, horizon)
     t, batched = _temperatures(mdp, T)

@@ -109,7 +109,7 @@ def gridworld(height: int | None = None, width: int | None = None, *, layout: st
     H, W = grid.shape
     S = H * W
     wall = (grid == "#").ravel()
-    terminal_letters = set(np.unique(grid)) - {"#", ".", "S"}
+    terminal_letters = {str(c) for c in np.unique(grid)} - {"#", ".", "S"}
     missing = terminal_letters - set(rewards)
     if missing:
         raise V.QuasirlValueError(f"rewards has no entry for layout cell(s) {sorted(missing)}")

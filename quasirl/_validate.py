@@ -35,7 +35,7 @@ def check_finite(name: str, x) -> None:
     if bad.any():
         idx = np.argwhere(bad)[0]
         raise QuasirlValueError(
-            f"{name} must be finite, but {name}{_index(idx)} = {a[tuple(idx)]!r}"
+            f"{name} must be finite, but {name}{_index(idx)} = {a[tuple(idx)].item()!r}"
         )
 
 
@@ -45,7 +45,7 @@ def check_nonnegative(name: str, x) -> None:
     if bad.any():
         idx = np.argwhere(bad)[0]
         raise QuasirlValueError(
-            f"{name} must be non-negative, but {name}{_index(idx)} = {a[tuple(idx)]!r}"
+            f"{name} must be non-negative, but {name}{_index(idx)} = {a[tuple(idx)].item()!r}"
         )
 
 
@@ -106,7 +106,7 @@ def check_temperature(T, name: str = "T"):
     if bad.any():
         i = int(np.argwhere(bad)[0][0])
         where = f"{name}[{i}]" if a.ndim == 1 else name
-        raise QuasirlValueError(f"{name} must be finite and >= 0, but {where} = {af[i]!r}")
+        raise QuasirlValueError(f"{name} must be finite and >= 0, but {where} = {af[i].item()!r}")
     t = jnp.asarray(T)
     if not jnp.issubdtype(t.dtype, jnp.floating):
         t = t.astype(jnp.result_type(float))

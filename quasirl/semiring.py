@@ -38,7 +38,11 @@ def smax(x, T, axis=-1):
     finite = jnp.isfinite(m)
     m0 = jnp.where(finite, m, 0.0)
     Ts = _safe_T(T)
-    s = jnp.sum(jnp.exp((x - m0) / Ts), axis=axis, keepdims=True)
+    # -inf entries contribute exp(-inf) = 0; keep them out of the division so that the
+    # gradient with respect to T stays finite (double where).
+    live = x > -jnp.inf
+    e = jnp.where(live, jnp.exp((jnp.where(live, x, m0) - m0) / Ts), 0.0)
+    s = jnp.sum(e, axis=axis, keepdims=True)
     # s >= 1 wherever m is finite (the maximiser contributes exp(0)); guard the log anyway.
     s = jnp.where(finite, s, 1.0)
     out = jnp.where(finite, m0 + T * jnp.log(s), -jnp.inf)
