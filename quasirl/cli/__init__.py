@@ -10,8 +10,6 @@ import sys
 
 import typer
 
-from .._validate import QuasirlValueError
-
 app = typer.Typer(
     name="quasirl",
     help="Selection on samples is reinforcement learning: simulate, sweep, plot, check on LMs.",
@@ -20,6 +18,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Selection on samples is reinforcement learning: simulate, sweep, plot, check on LMs."""
+
+
 from . import bench, boost, converge, demo, eigen, lm, paths, phase  # noqa: E402
 
 for _module in (demo, converge, paths, eigen, boost, phase, lm, bench):
@@ -27,26 +32,14 @@ for _module in (demo, converge, paths, eigen, boost, phase, lm, bench):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status."""
+    """Console entry point; returns the exit status (0 ok, 2 bad arguments)."""
     try:
-        app(args=argv, standalone_mode=False)
-    except QuasirlValueError as exc:
+        app(args=argv, prog_name="quasirl")
+    except SystemExit as exc:  # click/typer end every run this way, usage errors with code 2
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except (ValueError, FileNotFoundError) as exc:  # QuasirlValueError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except typer.Exit as exc:
-        return exc.exit_code
-    except SystemExit as exc:  # click's own usage errors
-        return int(exc.code or 0)
-    except Exception as exc:  # click.UsageError and friends carry a clear message
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
     return 0
 
 
