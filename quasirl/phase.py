@@ -1,0 +1,32 @@
+"""Parameter sweeps and phase diagrams.
+
+* :func:`sweep` evaluates a function on a grid of parameters and returns an
+  ``xarray.Dataset``: vmapped in process when the function is jittable, else (or when asked)
+  in chunks on Dask (an in-process ``LocalCluster`` by default, ``scheduler="tcp://host:port"``
+  for an existing cluster), written chunk by chunk to a store so that interrupted sweeps resume.
+* :func:`boundary` / :func:`crossings` locate phase boundaries (level crossings, interpolated).
+* Phase diagrams with their theory curves: :func:`mdp_phase_diagram` (optimal-path mass over
+  temperature and exploration noise, T_c(mu) = dr / (-L ln(1 - mu))).
+"""
+
+from ._phase_geometry import boundary as boundary
+from ._phase_geometry import crossings as crossings
+from ._phase_mdp import critical_temperature as critical_temperature
+from ._phase_mdp import mdp_phase_diagram as mdp_phase_diagram
+from ._phase_mdp import route_chain as route_chain
+from ._phase_mdp import route_mass as route_mass
+from ._phase_mdp import route_policy as route_policy
+from ._phase_sweep import is_vectorizable as is_vectorizable
+from ._phase_sweep import sweep as sweep
+
+__all__ = [
+    "boundary",
+    "critical_temperature",
+    "crossings",
+    "is_vectorizable",
+    "mdp_phase_diagram",
+    "route_chain",
+    "route_mass",
+    "route_policy",
+    "sweep",
+]
