@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _validate as V
 from ._mdp import MDP
-from .semiring import safe_log, smax, smax_weighted, tie_tolerance, value_weight
+from .semiring import safe_log, smax, smax_terms, smax_weighted, tie_tolerance, value_weight
 
 __all__ = [
     "Evolution",
@@ -80,21 +80,52 @@ def _push_tables(mdp: MDP) -> _Push:
 # --------------------------------------------------------------------------------------------
 # single-temperature kernels
 # --------------------------------------------------------------------------------------------
-def _forward_value(tab: _Pull, T, horizon: int, maxplus: bool = False):
-    """F(T) = T log Z(T) by the normalised forward recursion (one temperature)."""
-    c = value_weight(tab.logw, tab.rew, T)
-    u0 = value_weight(tab.log_init, jnp.zeros_like(tab.log_init), T)
-    reduce = (lambda x: jnp.max(x, axis=1)) if maxplus else (lambda x: smax(x, T, axis=1))
+# Pull tables with at most this many entries per state are reduced term by term (one fused
+# loop, no [S, J, B] intermediate); wider (dense) tables go through a stacked gather.
+_UNROLL_J = 16
+
+
+def _pull_step(tab: _Pull, u, Tb, maxplus: bool):
+    """One pull step for a batch of temperatures on a trailing axis.
+
+    u[S, B] (value units), Tb[1, B]. u'(s') = smax_T over the J entries j entering s' of
+    u(src_j) + T log w_j + r_j; the temperature axis is innermost, so each gather reads B
+    contiguous numbers and the tables src/logw/rew are read once per step for all B.
+    """
+    S, J = tab.src.shape
+    if J <= _UNROLL_J:
+        xs = [
+            u[tab.src[:, j]] + value_weight(tab.logw[:, j, None], tab.rew[:, j, None], Tb)
+            for j in range(J)
+        ]
+        if maxplus:
+            out = xs[0]
+            for x in xs[1:]:
+                out = jnp.maximum(out, x)
+            return out
+        return smax_terms(xs, Tb)
+    x = u[tab.src] + value_weight(tab.logw[..., None], tab.rew[..., None], Tb[:, None])
+    return jnp.max(x, axis=1) if maxplus else smax(x, Tb[:, None], axis=1)
+
+
+def _forward_values(tab: _Pull, T, horizon: int, maxplus: bool = False):
+    """F(T) = T log Z(T) for a 1-D array of temperatures, by the normalised forward recursion.
+
+    The kernel is written for one temperature with the batch on a trailing axis (u is [S, B]):
+    each temperature's arithmetic is exactly the single-temperature recursion.
+    """
+    Tb = T[None, :]
+    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], Tb)
 
     def step(carry, _):
         u, acc = carry
-        u = reduce(u[tab.src] + c)
-        shift = jnp.max(u)
-        return (u - shift, acc + shift), None
+        u = _pull_step(tab, u, Tb, maxplus)
+        shift = jnp.max(u, axis=0)
+        return (u - shift[None, :], acc + shift), None
 
-    shift0 = jnp.max(u0)
-    (u, acc), _ = jax.lax.scan(step, (u0 - shift0, shift0), None, length=horizon)
-    last = jnp.max(u) if maxplus else smax(u, T, axis=0)
+    shift0 = jnp.max(u0, axis=0)
+    (u, acc), _ = jax.lax.scan(step, (u0 - shift0[None, :], shift0), None, length=horizon)
+    last = jnp.max(u, axis=0) if maxplus else smax(u, Tb, axis=0)
     return acc + last
 
 
@@ -191,8 +222,7 @@ def _soft_policy_one(tab: _Push, T, horizon: int, A: int):
 # --------------------------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("horizon", "maxplus"))
 def _free_energy_batch(mdp: MDP, T, horizon: int, maxplus: bool = False):
-    tab = _pull_tables(mdp)
-    return jax.vmap(lambda t: _forward_value(tab, t, horizon, maxplus))(T)
+    return _forward_values(_pull_tables(mdp), T, horizon, maxplus)
 
 
 @partial(jax.jit, static_argnames=("steps", "save_every"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["safe_log", "smax", "smax_weighted", "tie_tolerance", "value_weight"]
+__all__ = ["safe_log", "smax", "smax_terms", "smax_weighted", "tie_tolerance", "value_weight"]
 
 
 def safe_log(w):
@@ -47,6 +47,28 @@ def smax(x, T, axis=-1):
     s = jnp.where(finite, s, 1.0)
     out = jnp.where(finite, m0 + T * jnp.log(s), -jnp.inf)
     return jnp.squeeze(out, axis=axis)
+
+
+def smax_terms(xs, T):
+    """Elementwise soft maximum over a short list of same-shape arrays; the exact max at T = 0.
+
+    ``smax_terms([x_1, ..., x_J], T)`` equals ``smax(stack(xs), T, axis=0)`` without building
+    the stacked array: XLA fuses the J terms into one loop, which is what makes the pull kernels
+    fast for sparse MDPs (J = in-degree). Same -inf and gradient conventions as :func:`smax`.
+    """
+    m = xs[0]
+    for x in xs[1:]:
+        m = jnp.maximum(m, x)
+    finite = m > -jnp.inf
+    m0 = jnp.where(finite, m, 0.0)
+    inv = 1.0 / _safe_T(T)
+    s = None
+    for x in xs:
+        live = x > -jnp.inf
+        e = jnp.where(live, jnp.exp((jnp.where(live, x, m0) - m0) * inv), 0.0)
+        s = e if s is None else s + e
+    s = jnp.where(finite, s, 1.0)
+    return jnp.where(finite, m0 + T * jnp.log(s), -jnp.inf)
 
 
 def value_weight(logw, r, T):
