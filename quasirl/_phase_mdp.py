@@ -171,9 +171,12 @@ def mdp_phase_diagram(T, mu, L: int = 20, delta_r: float = 1.0, n_actions: int =
     _check_mu(np.asarray(mu, dtype=float))
     if not 0 < level < 1:
         raise V.QuasirlValueError(f"level must lie in (0, 1), got {level}")
-    base = route_chain(L, delta_r, 0.0, A)
+    # The sweep ships fn to Dask workers by pickling: carry the MDP's arrays as numpy (a worker
+    # unpickles JAX arrays before it enters the client's precision), not the object.
+    leaves = [np.asarray(x) for x in route_chain(L, delta_r, 0.0, A).tree_flatten()[0]]
 
     def optimal_mass(mu, T):
+        base = MDP.tree_unflatten(None, leaves)
         mdp = base.replace(policy=route_policy(L, mu, A, base.prob.dtype))
         return {"mass": evolve(mdp, T, H).population[L]}
 

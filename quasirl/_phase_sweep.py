@@ -337,6 +337,11 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
       different sweep; it cannot see edits to fn's code, so use a fresh folder after a change.
     chunk_size: points per chunk (default ceil(N / 8), at most 1024). progress: a tqdm bar.
 
+    Dask pickles fn (cloudpickle) even for the in-process cluster: module-level functions
+    travel by reference (workers must be able to import them), closures by value, so let a
+    closure capture numpy arrays rather than JAX arrays or objects that do not pickle. "auto"
+    traces fn once with abstract values to decide whether it can be vmapped.
+
     Returns the Dataset (in memory); attrs record the backend, chunk size and how many chunks
     this call computed (``chunks_computed``) versus loaded from the store (``chunks_loaded``).
     """

@@ -1,6 +1,7 @@
 """quasirl.phase: sweeps (vmap, loop, Dask; resumable stores), boundaries, phase diagrams."""
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -302,3 +303,53 @@ def test_mdp_phase_bad_arguments():
         phase.mdp_phase_diagram([0.1], [0.5], L=4, horizon=3, progress=False)
     with pytest.raises(QuasirlValueError, match="n_actions must be >= 2"):
         phase.route_chain(4, n_actions=1)
+
+
+# --------------------------------------------------------------------------------------------
+# a real Dask scheduler and worker on loopback, driven through the CLI
+# --------------------------------------------------------------------------------------------
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_phase_through_a_real_dask_scheduler(tmp_path):
+    import distributed
+
+    from quasirl.cli import main
+
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], **quiet)]
+    try:
+        procs.append(subprocess.Popen([dask_cli, "worker", addr, "--nthreads", "2",
+                                       "--nworkers", "1", "--no-dashboard"], **quiet))
+        with distributed.Client(addr, timeout="30s") as client:
+            client.wait_for_workers(1, timeout=30)
+            worker_pids = client.run(os.getpid)
+        assert os.getpid() not in worker_pids.values()  # the work happens in another process
+        out = tmp_path / "out"
+        assert main(["phase", "--diagram", "mdp", "--quick", "--out", str(out),
+                     "--scheduler", addr]) == 0
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["scheduler"] == addr and s["diagrams"][0]["backend"] == "dask"
+    assert (out / "mdp_phase.png").stat().st_size > 10_000
+    ds = xr.open_dataset(out / "mdp_phase.nc").load()
+    # the worker computed in float64 (the client's precision) and agrees with the closed form
+    assert ds["mass"].dtype == np.float64
+    np.testing.assert_allclose(ds["mass"], ds["mass_theory"], rtol=1e-9, atol=1e-12)
