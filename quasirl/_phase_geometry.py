@@ -6,7 +6,7 @@ import numpy as np
 
 from ._validate import QuasirlValueError
 
-__all__ = ["boundary", "crossings"]
+__all__ = ["boundary_curve", "crossings"]
 
 SCALES = ("linear", "log", "inverse")
 
@@ -57,7 +57,7 @@ def crossings(x, y, level: float, scale: str = "linear") -> np.ndarray:
     return np.sort(_unwarp(np.asarray(out, dtype=float), scale))
 
 
-def boundary(field, level: float, along: str, across: str | None = None,
+def boundary_curve(field, level: float, along: str, across: str | None = None,
              which: str = "first", scale: str = "linear"):
     """The phase boundary of a 2-D field: where it crosses ``level``, one point per ``along``.
 

@@ -159,7 +159,7 @@ def mdp_phase_diagram(T, mu, L: int = 20, delta_r: float = 1.0, n_actions: int =
       T_c[mu]            prediction delta_r / (-L ln(1 - mu));  T_exact[mu] exact crossing
     """
     from ._dynamics import evolve
-    from ._phase_geometry import boundary
+    from ._phase_geometry import boundary_curve
     from ._phase_sweep import sweep
 
     L = _check_L(L)
@@ -184,7 +184,8 @@ def mdp_phase_diagram(T, mu, L: int = 20, delta_r: float = 1.0, n_actions: int =
     ds["mass_theory"] = (("mu", "T"), route_mass(ds.T.values[None, :], ds.mu.values[:, None],
                                                   L, delta_r))
     Tpos = ds.mass.where(ds.T > 0, drop=True)
-    ds["T_boundary"] = boundary(Tpos, level, along="mu", across="T", which="last", scale="log")
+    ds["T_boundary"] = boundary_curve(Tpos, level, along="mu", across="T", which="last",
+                                      scale="log")
     ds["T_c"] = ("mu", critical_temperature(ds.mu.values, L, delta_r))
     ds["T_exact"] = ("mu", critical_temperature(ds.mu.values, L, delta_r, exact=True))
     ds.attrs.update(model="route chain", L=L, delta_r=float(delta_r), n_actions=A, horizon=H,

@@ -4,12 +4,13 @@
   ``xarray.Dataset``: vmapped in process when the function is jittable, else (or when asked)
   in chunks on Dask (an in-process ``LocalCluster`` by default, ``scheduler="tcp://host:port"``
   for an existing cluster), written chunk by chunk to a store so that interrupted sweeps resume.
-* :func:`boundary` / :func:`crossings` locate phase boundaries (level crossings, interpolated).
+* :func:`boundary_curve` / :func:`crossings` locate a phase boundary as a curve over one axis
+  (level crossings along the other, interpolated).
 * Phase diagrams with their theory curves: :func:`mdp_phase_diagram` (optimal-path mass over
   temperature and exploration noise, T_c(mu) = dr / (-L ln(1 - mu))).
 """
 
-from ._phase_geometry import boundary as boundary
+from ._phase_geometry import boundary_curve as boundary_curve
 from ._phase_geometry import crossings as crossings
 from ._phase_mdp import critical_temperature as critical_temperature
 from ._phase_mdp import mdp_phase_diagram as mdp_phase_diagram
@@ -20,7 +21,7 @@ from ._phase_sweep import is_vectorizable as is_vectorizable
 from ._phase_sweep import sweep as sweep
 
 __all__ = [
-    "boundary",
+    "boundary_curve",
     "critical_temperature",
     "crossings",
     "is_vectorizable",

@@ -224,16 +224,16 @@ def test_boundary_of_a_known_field():
     b = np.linspace(0.0, 3.0, 301)
     field = xr.DataArray(np.tanh(b[None, :] - a[:, None] ** 2), coords={"a": a, "b": b},
                          dims=("a", "b"))
-    bd = phase.boundary(field, 0.0, along="a")
+    bd = phase.boundary_curve(field, 0.0, along="a")
     inside = a**2 <= 3.0
     np.testing.assert_allclose(bd.values[inside], a[inside] ** 2, rtol=1e-5)
     assert np.all(np.isnan(bd.values[~inside]))
     # transposed input and the other orientation give the same boundary
-    np.testing.assert_allclose(phase.boundary(field.T, 0.0, along="a"), bd)
+    np.testing.assert_allclose(phase.boundary_curve(field.T, 0.0, along="a"), bd)
     with pytest.raises(QuasirlValueError, match="along='c' is not a dimension"):
-        phase.boundary(field, 0.0, along="c")
+        phase.boundary_curve(field, 0.0, along="c")
     with pytest.raises(QuasirlValueError, match="must be an xarray.DataArray"):
-        phase.boundary(np.zeros((2, 2)), 0.0, along="a")
+        phase.boundary_curve(np.zeros((2, 2)), 0.0, along="a")
 
 
 # --------------------------------------------------------------------------------------------

@@ -98,7 +98,11 @@ def register(app: typer.Typer) -> None:
 
         names = DIAGRAMS if diagram.strip() == "all" else tuple(
             d.strip() for d in diagram.split(",") if d.strip())
-        s = run_phase(out, names, quick=quick, scheduler=scheduler, dask=dask, store=store, L=L)
+        import jax
+
+        with jax.enable_x64(True):  # scoped float64 (Dask workers follow the client's precision)
+            s = run_phase(out, names, quick=quick, scheduler=scheduler, dask=dask, store=store,
+                          L=L)
         table = Table(title="quasirl phase: numeric boundary vs theory")
         for col in ("diagram", "grid", "backend", "max |rel. dev.|", "seconds"):
             table.add_column(col, justify="right")

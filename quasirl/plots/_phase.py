@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._style import FIELD_CMAP, LINESTYLES, new_figure
+from ._style import FIELD_CMAP, LINESTYLES, line_colors, new_figure
 
-__all__ = ["plot_mdp_phase", "plot_phase_field"]
+__all__ = ["plot_mass_convergence", "plot_mdp_phase", "plot_phase_field"]
 
 # Theory curves are drawn in white over a dark outline so they read on any part of cividis and
 # in grey scale; numeric boundaries are markers, so the two never look alike.
@@ -88,4 +88,47 @@ def plot_mdp_phase(ds, title=None):
     ax2.set_title("Theory applies once $(1-\\mu)^L \\ll 1$")
     ax2.legend(loc="upper right")
     fig.suptitle(title or rf"MDP phase diagram: route chain, $L={L}$, $\Delta r={dr:g}$")
+    return fig
+
+
+def plot_mass_convergence(T, mass, band=None, title=None):
+    """Optimal-path mass P*(T) against 1/T, inside its band; right: 1 - P* on a log axis.
+
+    band: None or a dict with arrays ``lower`` and ``upper`` (same shape as T), e.g.
+    W / (W + (1 - W) e^{-D/T}) <= P* <= W / (W + W2 e^{-D/T}) with D the return gap to the
+    next-best paths, W and W2 the weights of the best and next-best paths.
+    """
+    T = np.asarray(T, dtype=float)
+    mass = np.asarray(mass, dtype=float)
+    pos = T > 0
+    order = np.argsort(1.0 / T[pos])
+    invT = (1.0 / T[pos])[order]
+    m = mass[pos][order]
+    color = line_colors(1)[0]
+    fig, axes = new_figure(1, 2, width=3.8, height=3.4)
+    ax1, ax2 = axes[0]
+    if band is not None:
+        lo = np.asarray(band["lower"], dtype=float)[pos][order]
+        hi = np.asarray(band["upper"], dtype=float)[pos][order]
+        lab = r"bound: $\frac{W}{W+(1-W)e^{-\Delta/T}} \leq P^* \leq \frac{W}{W+W_2e^{-\Delta/T}}$"
+        ax1.fill_between(invT, lo, hi, color="0.82", label=lab)
+        ax2.fill_between(invT, np.clip(1 - hi, 1e-300, None), np.clip(1 - lo, 1e-300, None),
+                         color="0.82", label="bound band")
+    ax1.plot(invT, m, marker="o", ms=3, color=color, label="$P^*(T)$ (kernels)")
+    ax1.axhline(1.0, color="k", lw=0.8, ls=":")
+    ax1.set_xscale("log")
+    ax1.set_ylim(-0.02, 1.05)
+    ax1.set_xlabel(r"inverse temperature $1/T$ (1/reward units)")
+    ax1.set_ylabel(r"optimal-path mass $P^*$")
+    ax1.set_title("Mass on the max-return paths")
+    ax1.legend(loc="lower right", fontsize=7)
+    rest = np.clip(1.0 - m, 1e-300, None)
+    ax2.semilogy(invT, rest, marker="o", ms=3, color=color, label="$1-P^*$")
+    ax2.set_xlabel(r"inverse temperature $1/T$ (1/reward units)")
+    ax2.set_ylabel(r"$1 - P^*$")
+    ax2.set_title(r"Non-optimal mass decays like $e^{-\Delta/T}$")
+    ax2.set_ylim(max(rest.min(), 1e-16) / 10, 2)
+    ax2.legend(loc="lower left")
+    if title:
+        fig.suptitle(title)
     return fig
