@@ -22,7 +22,15 @@ import numpy as np
 
 from . import _validate as V
 from ._mdp import MDP
-from .semiring import safe_log, smax, smax_terms, smax_weighted, tie_tolerance, value_weight
+from .semiring import (
+    safe_log,
+    smax,
+    smax_scan,
+    smax_terms,
+    smax_weighted,
+    tie_tolerance,
+    value_weight,
+)
 
 __all__ = [
     "Evolution",
@@ -85,27 +93,49 @@ def _push_tables(mdp: MDP) -> _Push:
 _UNROLL_J = 16
 
 
+def _pull_layout(tab: _Pull) -> _Pull:
+    """Tables as the pull step wants them: unchanged for J <= _UNROLL_J, else cut into blocks
+    of _UNROLL_J columns on a leading axis ([nb, S, Jb]; padding has log w = -inf)."""
+    S, J = tab.src.shape
+    if J <= _UNROLL_J:
+        return tab
+    nb = -(-J // _UNROLL_J)
+    pad = nb * _UNROLL_J - J
+
+    def blocks(x, fill):
+        x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=fill)
+        return jnp.transpose(x.reshape(S, nb, _UNROLL_J), (1, 0, 2))
+
+    return _Pull(blocks(tab.src, 0), blocks(tab.logw, -jnp.inf), blocks(tab.rew, 0.0),
+                 tab.log_init)
+
+
+def _terms(src, logw, rew, u, Tb):
+    """The gathered terms u(src_j) + T log w_j + r_j, one [S, B] array per column j."""
+    return [u[src[:, j]] + value_weight(logw[:, j, None], rew[:, j, None], Tb)
+            for j in range(src.shape[1])]
+
+
 def _pull_step(tab: _Pull, u, Tb, maxplus: bool):
     """One pull step for a batch of temperatures on a trailing axis.
 
     u[S, B] (value units), Tb[1, B]. u'(s') = smax_T over the J entries j entering s' of
     u(src_j) + T log w_j + r_j; the temperature axis is innermost, so each gather reads B
-    contiguous numbers and the tables src/logw/rew are read once per step for all B.
+    contiguous numbers and the tables src/logw/rew are read once per step for all B. Sparse
+    tables (J <= _UNROLL_J) reduce their J terms in one fused loop; dense ones (blocked by
+    :func:`_pull_layout`) stream over blocks of columns, so no [S, J, B] array is ever built.
     """
-    S, J = tab.src.shape
-    if J <= _UNROLL_J:
-        xs = [
-            u[tab.src[:, j]] + value_weight(tab.logw[:, j, None], tab.rew[:, j, None], Tb)
-            for j in range(J)
-        ]
+    if tab.src.ndim == 2:
+        xs = _terms(tab.src, tab.logw, tab.rew, u, Tb)
         if maxplus:
             out = xs[0]
             for x in xs[1:]:
                 out = jnp.maximum(out, x)
             return out
         return smax_terms(xs, Tb)
-    x = u[tab.src] + value_weight(tab.logw[..., None], tab.rew[..., None], Tb[:, None])
-    return jnp.max(x, axis=1) if maxplus else smax(x, Tb[:, None], axis=1)
+    m, out = smax_scan(lambda blk: _terms(*blk, u, Tb), (tab.src, tab.logw, tab.rew), Tb,
+                       u.shape, u.dtype)
+    return m if maxplus else out
 
 
 def _forward_values(tab: _Pull, T, horizon: int, maxplus: bool = False):
@@ -116,6 +146,7 @@ def _forward_values(tab: _Pull, T, horizon: int, maxplus: bool = False):
     """
     Tb = T[None, :]
     u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], Tb)
+    tab = _pull_layout(tab)
 
     def step(carry, _):
         u, acc = carry

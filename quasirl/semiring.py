@@ -14,9 +14,18 @@ small-T approximation. Impossible entries are -inf; their gradient is 0, never N
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-__all__ = ["safe_log", "smax", "smax_terms", "smax_weighted", "tie_tolerance", "value_weight"]
+__all__ = [
+    "safe_log",
+    "smax",
+    "smax_scan",
+    "smax_terms",
+    "smax_weighted",
+    "tie_tolerance",
+    "value_weight",
+]
 
 
 def safe_log(w):
@@ -69,6 +78,36 @@ def smax_terms(xs, T):
         s = e if s is None else s + e
     s = jnp.where(finite, s, 1.0)
     return jnp.where(finite, m0 + T * jnp.log(s), -jnp.inf)
+
+
+def smax_scan(terms, blocks, T, shape, dtype):
+    """Soft maximum over many terms produced block by block; the exact max at T = 0.
+
+    ``terms(block)`` returns a list of arrays of ``shape`` for one slice of ``blocks`` (a pytree
+    of arrays with a leading block axis). Two passes of ``lax.scan`` over the blocks, the max
+    and then the shifted sum of exponentials, so memory stays at one block however many terms
+    there are (dense MDPs: S * A terms per state). Same conventions as :func:`smax`.
+    """
+
+    def top(m, blk):
+        for x in terms(blk):
+            m = jnp.maximum(m, x)
+        return m, None
+
+    m, _ = jax.lax.scan(top, jnp.full(shape, -jnp.inf, dtype), blocks)
+    finite = m > -jnp.inf
+    m0 = jnp.where(finite, m, 0.0)
+    inv = 1.0 / _safe_T(T)
+
+    def total(s, blk):
+        for x in terms(blk):
+            live = x > -jnp.inf
+            s = s + jnp.where(live, jnp.exp((jnp.where(live, x, m0) - m0) * inv), 0.0)
+        return s, None
+
+    s, _ = jax.lax.scan(total, jnp.zeros(shape, dtype), blocks)
+    s = jnp.where(finite, s, 1.0)
+    return m, jnp.where(finite, m0 + T * jnp.log(s), -jnp.inf)
 
 
 def value_weight(logw, r, T):
