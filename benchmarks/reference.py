@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+_CHUNK = 2**25  # numbers per gathered block (128 MiB in float32)
+
 
 class Tables(NamedTuple):
     src: np.ndarray  # [S, J] source state of each transition entering s' (0 on padding)
@@ -86,21 +88,27 @@ def forward(tab: Tables, T, horizon: int, keep: bool = False):
     u -= shift
     acc = shift.astype(np.float64)
     kept = [u] if keep else None
+    S, J = tab.src.shape
+    rows = max(1, _CHUNK // max(J * T.shape[1], 1))  # dense tables: a block of rows at a time
     with np.errstate(divide="ignore", invalid="ignore"):
         for _ in range(horizon):
-            x = u[tab.src]  # [S, J, B] gather of contiguous rows
-            x += c
-            m = x.max(axis=1)
-            fin = np.isfinite(m)
-            m0 = np.where(fin, m, 0).astype(dt)
-            x -= m0[:, None, :]
-            x *= inv
-            np.exp(x, out=x)
-            s = x.sum(axis=1)
-            np.log(s, out=s)
-            s *= T
-            s += m0
-            u = np.where(fin, s, -np.inf).astype(dt)
+            out = np.empty_like(u)
+            for lo in range(0, S, rows):
+                hi = min(lo + rows, S)
+                x = u[tab.src[lo:hi]]  # [rows, J, B] gather of contiguous rows
+                x += c[lo:hi]
+                m = x.max(axis=1)
+                fin = np.isfinite(m)
+                m0 = np.where(fin, m, 0).astype(dt)
+                x -= m0[:, None, :]
+                x *= inv
+                np.exp(x, out=x)
+                s = x.sum(axis=1)
+                np.log(s, out=s)
+                s *= T
+                s += m0
+                out[lo:hi] = np.where(fin, s, -np.inf)
+            u = out
             shift = u.max(axis=0)
             u -= shift
             acc += shift

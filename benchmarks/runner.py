@@ -61,7 +61,7 @@ def plan(a) -> dict:
                    horizon=a.b1_horizon or (20 if q else 1000),
                    fb_horizon=a.fb_horizon or (5 if q else 10), numpy_steps=nps, repeats=rep),
         "B2": dict(S=64 if q else 4096, horizon=5 if q else 10, repeats=rep,
-                   numpy_steps=nps if q else 2),
+                   numpy_steps=nps if q else 1),
         "B3": dict(sizes=list(range(8, 11)) if q else
                    list(range(16, (a.b3_max_L or (30 if gpu else 24)) + 1, 2 if gpu else 1)),
                    repeats=rep, quick=q),
