@@ -173,7 +173,7 @@ def run(ceil, *, side=500, temps=32, horizon=200, numpy_steps=5, repeats=3,
                     per_step_ms=t["min_s"] / horizon * 1e3,
                     numpy_s=tn["min_s"] * temps * horizon / hn, numpy_steps=hn,
                     numpy_note="numpy max-plus runs one temperature; time x temps",
-                    rel_err=rel_err(F0_short, F0n),
+                    rel_err=rel_err(F0_short[0], F0n),
                     **acc.scaled({k: v * temps for k, v in
                                   acc.maxplus_step(S, E, 4).items()}, horizon))
     row["bytes"] = (2 * temps * S * 4 + E * 8) * horizon  # structure read once for all B

@@ -82,7 +82,7 @@ def measure(quick: bool = False) -> dict:
     """All ceilings, sized for the backend (a GPU gets bigger arrays)."""
     gpu = jax.default_backend() != "cpu"
     if quick:
-        nbytes, mm, ex = 64 * 2**20, 512, (2**16, 20)
+        nbytes, mm, ex = 256 * 2**20, 512, (2**16, 20)
     elif gpu:
         nbytes, mm, ex = 4 * 2**30, 8192, (2**24, 200)
     else:

@@ -16,7 +16,7 @@ def roofline_figure(rows: list[dict], path, title: str = ""):
     numpy_s = np.array([r.get("numpy_s", np.nan) or np.nan for r in rows], float)
     frac = np.array([r.get("frac_floor", np.nan) for r in rows], float)
     fbw = np.array([r.get("frac_bw_floor", np.nan) for r in rows], float)
-    fig, axes = new_figure(1, 2, width=5.2, height=0.32 * len(rows) + 1.6)
+    fig, axes = new_figure(1, 2, width=5.2, height=0.32 * len(rows) + 2.0)
     a1, a2 = axes[0]
     h = 0.27
     a1.barh(y - h, numpy_s, h, color="0.75", edgecolor="k", label="numpy reference")
@@ -26,7 +26,7 @@ def roofline_figure(rows: list[dict], path, title: str = ""):
     a1.set_yticks(y, labels)
     a1.invert_yaxis()
     a1.set_xlabel("time t [s]")
-    a1.legend(loc="lower right")
+    a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     a2.barh(y - h / 2, frac * 100, h, color="0.35", edgecolor="k", label="% of roofline floor")
     a2.barh(y + h / 2, fbw * 100, h, color="white", edgecolor="k", hatch="..",
             label="% of bandwidth floor")
@@ -35,7 +35,7 @@ def roofline_figure(rows: list[dict], path, title: str = ""):
     a2.set_xscale("log")
     a2.set_xlabel("floor / measured [%]")
     a2.axvline(100, color="k", lw=0.8)
-    a2.legend(loc="lower right")
+    a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     if title:
         fig.suptitle(title)
     savefig(fig, path)
