@@ -48,7 +48,9 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
 
     Bounds (rigorous for every MDP whose path weights sum to 1): with R* the best return and W
     the total weight of the best paths (from the T = 0 max-plus evolution),
-    R* + T log W <= F(T) <= R*, and the optimal-path mass P*(T) = W exp((R* - F)/T).
+    R* + T log W <= F(T) <= R*, and the optimal-path mass P*(T) = W exp((R* - F)/T) from the
+    kernels, held against the dynamic programme of ``quasirl.paths`` (which also gives 1 - P*
+    without cancellation) and its band from the return gap (:func:`_mass_band`).
     """
     import quasirl as qr
     from quasirl import plots
@@ -78,7 +80,8 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
     fig = plots.plot_free_energy(T, F, R_star, -log_W,
                                  title=f"{description}, H = {H}: F(T) -> max R")
     plots.savefig(fig, out / "free_energy.png")
-    fig = plots.plot_mass_convergence(T, mass, band, title=f"{description}, H = {H}")
+    fig = plots.plot_mass_convergence(T, band["dp_mass"], band, rest=band["dp_rest"],
+                                      title=f"{description}, H = {H}")
     plots.savefig(fig, out / "optimal_path_mass.png")
     bellman = float(qr.bellman_value(mdp, H))
     summary = {
@@ -95,10 +98,16 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
         "bound_ok": bound_ok,
         "monotone_ok": bool(np.all(np.diff(F) >= -tol)),
         "optimal_path_mass": mass.tolist(),
-        "mass_band": None if band is None else {k: np.asarray(v).tolist()
-                                               for k, v in band.items()},
-        "mass_in_band": None if band is None else bool(np.all(
-            (mass[pos] >= band["lower"][pos] - 1e-9) & (mass[pos] <= band["upper"][pos] + 1e-9))),
+        "return_gap": band["delta"],
+        "log_weight_second_best": band["log_n2"],
+        "mass_band_lower": band["lower"].tolist(),
+        "mass_band_upper": band["upper"].tolist(),
+        "mass_in_band": bool(np.all((band["dp_mass"] >= band["lower"] - 1e-12)
+                                    & (band["dp_mass"] <= band["upper"] + 1e-12))),
+        "suboptimal_mass": band["dp_rest"].tolist(),
+        "suboptimal_in_band": bool(np.all((band["dp_rest"] >= band["rest_lower"] * (1 - 1e-9))
+                                          & (band["dp_rest"] <= band["rest_upper"] * (1 + 1e-9)))),
+        "mass_dp_max_abs_diff": float(np.abs(band["dp_mass"] - mass).max()),
         "seconds": time.perf_counter() - t0,
         "figures": ["free_energy.png", "optimal_path_mass.png"],
     }
@@ -107,8 +116,33 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
 
 
 def _mass_band(mdp, H, T, log_W):
-    """Rigorous band for the optimal-path mass from the return gap (None if not available)."""
-    return None
+    """Rigorous band for the optimal-path mass from the return gap to the next-best paths.
+
+    Every non-optimal path returns at most R* - D, the second-best ones exactly R* - D, and the
+    path weights sum to 1, so with W = W_1 and N_2 from :func:`quasirl.paths.return_gap`
+    W / (W + (1 - W) e^{-D/T}) <= P*(T) <= W / (W + N_2 e^{-D/T}); the upper edge is the
+    T -> 0 asymptote. Also returns the dynamic-programming mass of ``quasirl.paths``.
+    """
+    from scipy.special import expit
+
+    from quasirl import paths
+
+    gap = paths.return_gap(mdp, H)
+    pos = T > 0
+    lower, upper = np.ones_like(T), np.ones_like(T)
+    rest_lower, rest_upper = np.zeros_like(T), np.zeros_like(T)  # the same band for 1 - P*
+    if np.isfinite(gap.delta):
+        log_rest = np.log(-np.expm1(gap.log_w1))  # log(1 - W)
+        x = -gap.delta / T[pos]
+        lower[pos] = expit(-(log_rest - gap.log_w1 + x))
+        upper[pos] = expit(-(gap.log_n2 - gap.log_w1 + x))
+        rest_upper[pos] = expit(log_rest - gap.log_w1 + x)
+        rest_lower[pos] = expit(gap.log_n2 - gap.log_w1 + x)
+    dp = np.asarray(paths.optimal_path_mass(mdp, T, H), dtype=float)
+    rest = np.asarray(paths.suboptimal_path_mass(mdp, T, H), dtype=float)
+    return {"lower": lower, "upper": upper, "rest_lower": rest_lower, "rest_upper": rest_upper,
+            "dp_mass": dp, "dp_rest": rest, "delta": gap.delta,
+            "log_w1": gap.log_w1, "log_n2": gap.log_n2, "log_w1_kernels": log_W}
 
 
 def register(app: typer.Typer) -> None:

@@ -6,11 +6,10 @@ import numpy as np
 
 from ._style import FIELD_CMAP, LINESTYLES, line_colors, new_figure
 
-__all__ = ["plot_mass_convergence", "plot_mdp_phase", "plot_phase_field"]
+__all__ = ["plot_boost_phase", "plot_mass_convergence", "plot_mdp_phase", "plot_phase_field"]
 
-# Theory curves are drawn in white over a dark outline so they read on any part of cividis and
+# Theory curves are drawn in white with a dark outline so they read on any part of cividis and
 # in grey scale; numeric boundaries are markers, so the two never look alike.
-_OUTLINE = dict(color="k", lw=3.2, solid_capstyle="round")
 
 
 def plot_phase_field(ax, field, x: str, y: str, *, logx=False, logy=False, vmin=None,
@@ -33,8 +32,10 @@ def plot_phase_field(ax, field, x: str, y: str, *, logx=False, logy=False, vmin=
 
 
 def _theory_line(ax, x, y, label, ls="--"):
-    ax.plot(x, y, **_OUTLINE)
-    ax.plot(x, y, color="w", lw=1.6, ls=ls, label=label)
+    from matplotlib import patheffects
+
+    outline = [patheffects.Stroke(linewidth=3.4, foreground="k"), patheffects.Normal()]
+    ax.plot(x, y, color="w", lw=1.6, ls=ls, label=label, path_effects=outline)
 
 
 def _boundary_points(ax, x, y, label="numeric boundary"):
@@ -91,12 +92,13 @@ def plot_mdp_phase(ds, title=None):
     return fig
 
 
-def plot_mass_convergence(T, mass, band=None, title=None):
+def plot_mass_convergence(T, mass, band=None, rest=None, title=None):
     """Optimal-path mass P*(T) against 1/T, inside its band; right: 1 - P* on a log axis.
 
     band: None or a dict with arrays ``lower`` and ``upper`` (same shape as T), e.g.
     W / (W + (1 - W) e^{-D/T}) <= P* <= W / (W + W2 e^{-D/T}) with D the return gap to the
-    next-best paths, W and W2 the weights of the best and next-best paths.
+    next-best paths, W and W2 the weights of the best and next-best paths. rest: 1 - P*
+    computed directly (no cancellation when it is tiny); default 1 - mass.
     """
     T = np.asarray(T, dtype=float)
     mass = np.asarray(mass, dtype=float)
@@ -112,9 +114,13 @@ def plot_mass_convergence(T, mass, band=None, title=None):
         hi = np.asarray(band["upper"], dtype=float)[pos][order]
         lab = r"bound: $\frac{W}{W+(1-W)e^{-\Delta/T}} \leq P^* \leq \frac{W}{W+W_2e^{-\Delta/T}}$"
         ax1.fill_between(invT, lo, hi, color="0.82", label=lab)
-        ax2.fill_between(invT, np.clip(1 - hi, 1e-300, None), np.clip(1 - lo, 1e-300, None),
-                         color="0.82", label="bound band")
-    ax1.plot(invT, m, marker="o", ms=3, color=color, label="$P^*(T)$ (kernels)")
+        rlo = band.get("rest_lower", 1 - np.asarray(band["upper"], dtype=float))
+        rhi = band.get("rest_upper", 1 - np.asarray(band["lower"], dtype=float))
+        rlo = np.asarray(rlo, dtype=float)[pos][order]
+        rhi = np.asarray(rhi, dtype=float)[pos][order]
+        ax2.fill_between(invT, np.clip(rlo, 1e-300, None), np.clip(rhi, 1e-300, None),
+                         color="0.82", label=r"bound (lower edge $\approx W_2e^{-\Delta/T}/W$)")
+    ax1.plot(invT, m, marker="o", ms=3, color=color, label="$P^*(T)$")
     ax1.axhline(1.0, color="k", lw=0.8, ls=":")
     ax1.set_xscale("log")
     ax1.set_ylim(-0.02, 1.05)
@@ -122,13 +128,73 @@ def plot_mass_convergence(T, mass, band=None, title=None):
     ax1.set_ylabel(r"optimal-path mass $P^*$")
     ax1.set_title("Mass on the max-return paths")
     ax1.legend(loc="lower right", fontsize=7)
-    rest = np.clip(1.0 - m, 1e-300, None)
+    rest = 1.0 - m if rest is None else np.asarray(rest, dtype=float)[pos][order]
+    rest = np.clip(rest, 1e-300, None)
     ax2.semilogy(invT, rest, marker="o", ms=3, color=color, label="$1-P^*$")
     ax2.set_xlabel(r"inverse temperature $1/T$ (1/reward units)")
     ax2.set_ylabel(r"$1 - P^*$")
     ax2.set_title(r"Non-optimal mass decays like $e^{-\Delta/T}$")
-    ax2.set_ylim(max(rest.min(), 1e-16) / 10, 2)
+    ax2.set_ylim(max(rest.min(), 1e-300) / 10, 2)
     ax2.legend(loc="lower left")
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _verdict_text(ds):
+    return "convex" if ds.attrs["convex"] else f"not convex (witness {ds.attrs['convex_witness']})"
+
+
+def plot_boost_phase(planes, title=None):
+    """The three boosting planes of :func:`quasirl.phase.boost_phase_diagrams`.
+
+    (a) error / eps0 after n rounds over (TPR, FPR) for the ideal learner, with the line
+    FPR = c TPR where it halves (theory, dashed), the numeric boundary (markers) and the
+    many-round boundary FPR = TPR (dotted); (b) limiting error / eps0 over (lam, log(TPR/FPR))
+    for partial imitation; (c) limiting error over (log(TPR/FPR), mu) for intrinsic error with
+    the error threshold mu_c = 1 - e^{-L} (dotted). Titles give the convexity verdict of the
+    amplifying region (field <= level).
+    """
+    rates, imit, intr = planes["rates"], planes["imitation"], planes["intrinsic"]
+    fig, axes = new_figure(1, 3, width=3.7, height=3.5)
+    ax1, ax2, ax3 = axes[0]
+    lvl = rates.attrs["level"]
+
+    plot_phase_field(ax1, rates["ratio"].clip(0, 2), "tpr", "fpr", vmin=0, vmax=2, fig=fig,
+                     cbar_label=r"$\varepsilon_n/\varepsilon_0$")
+    g = rates["tpr"].values
+    ax1.plot(g, g, color="k", lw=1.0, ls=":", label=r"$n\to\infty$: FPR = TPR")
+    _theory_line(ax1, g, rates["fpr_theory"].values,
+                 rf"theory FPR = {rates.attrs['slope_theory']:.3f} TPR")
+    _boundary_points(ax1, g[::2], rates["fpr_boundary"].values[::2],
+                     label=rf"numeric $\varepsilon_n/\varepsilon_0={lvl:g}$")
+    ax1.set_xlabel("true-positive rate TPR")
+    ax1.set_ylabel("false-positive rate FPR")
+    ax1.set_title(f"(a) ideal learner, n = {rates.attrs['rounds']}: {_verdict_text(rates)}")
+    ax1.legend(loc="upper left", fontsize=7, framealpha=0.9)
+
+    plot_phase_field(ax2, imit["ratio"], "lam", "selection", vmin=0, vmax=1, fig=fig,
+                     cbar_label=r"$\varepsilon_\infty/\varepsilon_0$")
+    lam = imit["lam"].values
+    _theory_line(ax2, lam, imit["selection_theory"].values, r"theory $L(\lambda)$")
+    _boundary_points(ax2, lam[::2], imit["selection_boundary"].values[::2], label="numeric")
+    ax2.set_xlabel(r"imitation strength $\lambda$")
+    ax2.set_ylabel(r"selection $L=\ln(\mathrm{TPR}/\mathrm{FPR})$")
+    ax2.set_title(f"(b) partial imitation: {_verdict_text(imit)}")
+    ax2.legend(loc="upper right", fontsize=7, framealpha=0.9)
+
+    plot_phase_field(ax3, intr["error"], "selection", "mu", vmin=0, vmax=1, fig=fig,
+                     cbar_label=r"limiting error $\varepsilon_\infty$")
+    L = intr["selection"].values
+    ax3.plot(L, intr["mu_threshold"].values, color="k", lw=1.0, ls=":",
+             label=r"threshold $\mu_c=1-e^{-L}$")
+    _theory_line(ax3, L, intr["mu_theory"].values, rf"theory $\varepsilon_\infty={lvl:g}$")
+    _boundary_points(ax3, L[::2], intr["mu_boundary"].values[::2], label="numeric")
+    ax3.set_xlabel(r"selection $L=\ln(\mathrm{TPR}/\mathrm{FPR})$")
+    ax3.set_ylabel(r"intrinsic error rate $\mu$")
+    ax3.set_ylim(0, float(intr["mu"].max()))
+    ax3.set_title(f"(c) intrinsic error: {_verdict_text(intr)}")
+    ax3.legend(loc="upper left", fontsize=7, framealpha=0.9)
+    fig.suptitle(title or rf"Boosting phase diagrams ($\varepsilon_0={rates.attrs['eps0']:g}$): "
+                 "where cherry-picking amplifies")
     return fig
