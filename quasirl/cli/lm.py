@@ -1,7 +1,272 @@
-"""`quasirl lm` subcommand (to be filled in by its issue)."""
+"""`quasirl lm calibrate | transfer | run | validate`: the language-model bridge."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import typer
 
+EXAMPLE = ("Example: quasirl lm validate --model gemma3-270m --task capitals "
+           "--out quasirl-out/lm   (or --server http://127.0.0.1:8000, or --model synthetic)")
+
+lm_app = typer.Typer(
+    help="Real language-model populations: self-evaluation, the chaining loop, and theory "
+         "against runs. Models come from Python packages (gemma3-270m, smollm2-135m), a .gguf "
+         "file, a transformers folder, a server (--server) or 'synthetic' (known rates).",
+    no_args_is_help=True, epilog=EXAMPLE)
+
+_OUT = typer.Option(Path("quasirl-out/lm"), help="output folder (records, JSON, PNG)")
+_MODEL = typer.Option("gemma3-270m", help="gemma3-270m | smollm2-135m | PATH.gguf | FOLDER | "
+                      "synthetic[:eps0=..,tpr=..,fpr=..,lam=..]")
+_SERVER = typer.Option(None, help="URL of a running OpenAI-compatible server (overrides --model)")
+_TASK = typer.Option("capitals", help="capitals | arithmetic[D] | FILE.csv | FILE.jsonl")
+_BACKEND = typer.Option("llamacpp", help="llamacpp | transformers (local GGUF models)")
+_THREADS = typer.Option(None, help="CPU threads for local models (default: all cores, max 8)")
+_TEMP = typer.Option(1.0, help="sampling temperature T")
+_SEED = typer.Option(0, help="seed of every random choice")
+_QUICK = typer.Option(False, help="tiny sizes (for tests)")
+
+
+def _setup(model, server, task, backend, threads):
+    from quasirl.lm import get_task, load
+
+    t = get_task(task)
+    kwargs = {}
+    if threads is not None and not server and not model.startswith("synthetic"):
+        kwargs["n_threads" if backend == "llamacpp" else "threads"] = threads
+    lm = load(server or model, backend=backend, task=t, **kwargs)
+    return lm, t
+
+
+def _progress(name: str, total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=name, file=sys.stderr, leave=False, mininterval=1.0)
+    return bar.update
+
+
+def _fmt_ci(x, ci) -> str:
+    return "n/a" if x is None else f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _verdict(p) -> str:
+    return {True: "pass", False: "FAIL", None: "n/a"}[p]
+
+
+def _write(out: Path, name: str, obj) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+
+
+def _print_calibration(cal: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"Exp 1 evaluator ROC: eps = {_fmt_ci(cal['eps'], cal['eps_ci'])} "
+                    f"({cal['n_samples']} samples, {cal['n_queries']} queries)")
+    for col in ("signal", "AUROC [95%]", "TPR", "FPR", "w pred", "w obs", "Bayes check"):
+        t.add_column(col, justify="right")
+    for s, d in cal["signals"].items():
+        b = d["bayes"]
+        t.add_row(s, _fmt_ci(d["auroc"], d["auroc_ci"]), f"{d['tpr']:.3f}", f"{d['fpr']:.3f}",
+                  f"{b['w_predicted']:.3f}", f"{b['w_observed']:.3f}",
+                  f"{_verdict(b['pass'])} (0 in [{b['diff_ci'][0]:.3f}, {b['diff_ci'][1]:.3f}])")
+    console.print(t)
+
+
+def _print_transfer(tr: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"Exp 2 transfer: g(b) = {tr['a']:.3f} + {tr['lam']:.3f} b, lam "
+                    f"{_fmt_ci(tr['lam'], tr['lam_ci'])}; linear fit p = "
+                    f"{tr['p_value'] if tr['p_value'] is None else round(tr['p_value'], 3)}: "
+                    f"{_verdict(tr['pass'])}")
+    for col in ("b", "n", "eps_next", "Wilson 95%", "fit"):
+        t.add_column(col, justify="right")
+    for i, b in enumerate(tr["bs"]):
+        t.add_row(f"{b:.2f}", str(tr["n"][i]), f"{tr['eps'][i]:.3f}",
+                  f"[{tr['eps_wilson_lo'][i]:.3f}, {tr['eps_wilson_hi'][i]:.3f}]",
+                  f"{tr['a'] + tr['lam'] * b:.3f}")
+    console.print(t)
+
+
+def _print_trajectory(tj: dict, console) -> None:
+    from rich.table import Table
+
+    pred = tj["prediction"]["arms"]
+    t = Table(title=f"Exp 3 trajectory ({tj['prediction']['signal']}): chi2 = {tj['chi2']:.2f} "
+                    f"on {tj['dof']} points, p = {tj['p_value']:.3f}: {_verdict(tj['pass'])}; "
+                    f"inside 95% bands {tj['coverage']}; calibration slope "
+                    f"{tj['calibration_slope'] or float('nan'):.2f}")
+    for col in ("arm", "round", "predicted", "predictive 95%", "observed", "Wilson 95%"):
+        t.add_column(col, justify="right")
+    for arm, o in tj["arms"].items():
+        p = pred[arm]
+        for n, obs in enumerate(o["observed"]):
+            t.add_row(arm if n == 0 else "", str(n), f"{p['point'][n]:.3f}",
+                      f"[{p['predictive'][0][n]:.3f}, {p['predictive'][1][n]:.3f}]",
+                      f"{obs:.3f}", f"[{o['wilson'][0][n]:.3f}, {o['wilson'][1][n]:.3f}]")
+    console.print(t)
+
+
+@lm_app.command("calibrate", epilog="Example: quasirl lm calibrate --model smollm2-135m")
+def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
+                  backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+                  queries: int = typer.Option(100, help="queries"),
+                  samples: int = typer.Option(2, help="samples per query"),
+                  signals: str = typer.Option("yesno,scale5,likelihood,gold",
+                                              help="comma-separated fitness signals"),
+                  acceptance: str = typer.Option("hard", help="hard | soft"),
+                  k: int = typer.Option(4, help="gold demonstrations in each prompt"),
+                  temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
+    """Exp 1: error rate, and AUROC / TPR / FPR / one-step Bayes check per fitness signal."""
+    from rich.console import Console
+
+    from quasirl.lm import validate as V
+    from quasirl.plots import _lm as plots
+    from quasirl.plots._style import savefig
+
+    if quick:
+        queries, samples = 10, 2
+    lm, t = _setup(model, server, task, backend, threads)
+    sig = tuple(s.strip() for s in signals.split(",") if s.strip())
+    recs = V.collect_calibration(lm, t, signals=sig, n_queries=queries, samples_per_query=samples,
+                                 temperature=temperature, k=k, seed=seed,
+                                 records=out / "exp1_calibration.jsonl",
+                                 progress=_progress("Exp 1", queries * samples))
+    cal = V.analyze_calibration(recs, sig, acceptance=acceptance, seed=seed,
+                                n_boot=200 if quick else 1000).to_dict()
+    _write(out, "exp1_calibration.json", {"lm": lm.name, "task": t.name, **cal})
+    savefig(plots.calibration_figure(cal), out / "exp1_calibration.png")
+    _print_calibration(cal, Console())
+
+
+@lm_app.command("transfer", epilog="Example: quasirl lm transfer --model gemma3-270m")
+def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
+                 backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+                 queries: int = typer.Option(50, help="queries per wrong fraction b"),
+                 samples: int = typer.Option(2, help="samples per query"),
+                 k: int = typer.Option(4, help="context pairs (b k must be an integer)"),
+                 bs: str = typer.Option("0,0.25,0.5,0.75,1", help="wrong fractions b"),
+                 bank: str = typer.Option("auto", help="context answers: exp1 (the model's "
+                                          "own Exp 1 answers in --out), gold (gold pairs, "
+                                          "other items' answers as mistakes), auto (exp1 when "
+                                          "present)"),
+                 temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
+    """Exp 2: eps_next = g(b) after contexts with a wrong fraction b; fit g(b) = a + lam b."""
+    from rich.console import Console
+
+    from quasirl.lm import validate as V
+    from quasirl.plots import _lm as plots
+    from quasirl.plots._style import savefig
+
+    if quick:
+        queries, samples = 6, 1
+    lm, t = _setup(model, server, task, backend, threads)
+    try:
+        bvals = tuple(float(b) for b in bs.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--bs must be comma-separated numbers, got {bs!r}") from None
+    exp1 = out / "exp1_calibration.jsonl"
+    if bank not in ("auto", "exp1", "gold"):
+        raise typer.BadParameter(f"--bank must be auto, exp1 or gold, got {bank!r}")
+    use_exp1 = bank == "exp1" or (bank == "auto" and exp1.exists())
+    answers = None
+    if use_exp1:
+        from quasirl.lm import read_records
+
+        answers = V.bank_from_records(read_records(exp1)[1])
+    recs = V.collect_transfer(lm, t, bs=bvals, k=k, n_queries=queries, samples_per_query=samples,
+                              temperature=temperature, seed=seed, bank=answers,
+                              records=out / "exp2_transfer.jsonl",
+                              progress=_progress("Exp 2", len(bvals) * queries * samples))
+    tr = V.analyze_transfer(recs, seed=seed, n_boot=200 if quick else 1000).to_dict()
+    _write(out, "exp2_transfer.json", {"lm": lm.name, "task": t.name, **tr})
+    savefig(plots.transfer_figure(tr), out / "exp2_transfer.png")
+    _print_transfer(tr, Console())
+
+
+@lm_app.command("run", epilog="Example: quasirl lm run --arm filtered --signal likelihood "
+                               "--threshold 0.3 --rounds 3")
+def run_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
+            backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+            arm: str = typer.Option("filtered", help="filtered | unfiltered | random | oracle"),
+            signal: str = typer.Option("likelihood", help="yesno | scale5 | likelihood | gold"),
+            acceptance: str = typer.Option("hard", help="hard (f >= threshold) | soft (p = f)"),
+            threshold: float = typer.Option(0.5, help="hard acceptance threshold on f"),
+            accept_rate: float = typer.Option(0.5, help="acceptance rate of the random arm"),
+            rounds: int = typer.Option(3, help="selection rounds (generation rounds 0..R)"),
+            queries: int = typer.Option(30, help="fresh queries per round"),
+            samples: int = typer.Option(4, help="samples per query"),
+            k: int = typer.Option(4, help="demonstrations in each prompt"),
+            buffer_size: int = typer.Option(None, help="rolling buffer size (default: the "
+                                                       "last round's accepted pairs)"),
+            temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
+    """The chaining loop: answer, evaluate, keep, put the kept pairs in the context, repeat."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from quasirl.lm import get_fitness, run_chaining
+    from quasirl.plots import _lm as plots
+    from quasirl.plots._style import savefig
+
+    if quick:
+        rounds, queries, samples = 2, 4, 2
+    lm, t = _setup(model, server, task, backend, threads)
+    res = run_chaining(lm, t, get_fitness(signal) if arm == "filtered" else None, arm=arm,
+                       rounds=rounds, queries_per_round=queries, samples_per_query=samples,
+                       temperature=temperature, k=k, buffer_size=buffer_size,
+                       acceptance=acceptance, threshold=threshold,
+                       accept_rate=accept_rate if arm == "random" else None, seed=seed,
+                       records=out / f"chaining_{arm}.jsonl",
+                       progress=_progress(f"chaining ({arm})",
+                                          (rounds + 1) * queries * samples))
+    d = res.to_dict()
+    _write(out, f"chaining_{arm}.json", {"lm": lm.name, "task": t.name, **d})
+    savefig(plots.chaining_figure(d), out / f"chaining_{arm}.png")
+    table = Table(title=f"chaining: {arm} ({signal if arm == 'filtered' else '-'}), "
+                        f"{t.name}, T = {temperature}")
+    for col in ("round", "samples", "eps_n", "accepted", "w_n"):
+        table.add_column(col, justify="right")
+    for r in res.rounds:
+        table.add_row(str(r.round), str(r.n), f"{r.eps:.3f}", f"{r.accept_rate:.3f}",
+                      f"{r.w:.3f}")
+    Console().print(table)
+
+
+@lm_app.command("validate", epilog=EXAMPLE)
+def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
+                 backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+                 signal: str = typer.Option("likelihood", help="fitness signal of the "
+                                                               "filtered arm"),
+                 acceptance: str = typer.Option("hard", help="hard | soft"),
+                 rounds: int = typer.Option(3, help="selection rounds"),
+                 queries: int = typer.Option(30, help="fresh queries per round (Exp 3)"),
+                 samples: int = typer.Option(4, help="samples per query (Exp 3)"),
+                 temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
+    """Exp 1, Exp 2, then Exp 3: predict the trajectory from the measured ingredients, run
+    the loop (filtered, unfiltered, random, oracle) and compare. Resumes from --out."""
+    from rich.console import Console
+
+    from quasirl.lm import validate as V
+
+    lm, t = _setup(model, server, task, backend, threads)
+    sizes = {}
+    if quick:
+        sizes = {"exp1_queries": 10, "exp2_queries": 6, "exp2_samples": 1, "n_boot": 200}
+        rounds, queries, samples = 2, 4, 2
+    res = V.validate(lm, t, out, signal=signal, acceptance=acceptance, rounds=rounds,
+                     queries_per_round=queries, samples_per_query=samples,
+                     temperature=temperature, seed=seed, progress_factory=_progress,
+                     **sizes)
+    console = Console()
+    _print_calibration(res["exp1"], console)
+    _print_transfer(res["exp2"], console)
+    _print_trajectory(res["exp3"], console)
+    console.print(f"records, JSON and figures in {out}/")
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the main app."""
+    """Add ``quasirl lm ...`` to the main app."""
+    app.add_typer(lm_app, name="lm")

@@ -1,3 +1,147 @@
-"""Figures for the lm analyses."""
+"""Figures for the language-model bridge: evaluator ROC, transfer function, trajectory.
 
-__all__: list[str] = []
+Each function takes the JSON-ready summary written by ``quasirl.lm.validate`` (so a figure can
+be redrawn from the stored JSON alone) and returns a Figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._style import LINESTYLES, MARKERS, line_colors, new_figure
+
+__all__ = ["calibration_figure", "chaining_figure", "transfer_figure", "trajectory_figure"]
+
+_SIGNAL_NAMES = {"yesno": "survey Yes/No", "scale5": "survey 5-point",
+                 "likelihood": "own likelihood", "gold": "gold checker"}
+
+
+def _err(x, lo, hi):
+    """Error-bar lengths (never negative, NaN-safe) for a point with an interval."""
+    x, lo, hi = (np.asarray(v, dtype=np.float64) for v in (x, lo, hi))
+    return np.nan_to_num(np.maximum(0.0, np.stack([np.atleast_1d(x - lo),
+                                                   np.atleast_1d(hi - x)])))
+
+
+def calibration_figure(cal: dict):
+    """Exp 1: ROC curve of each fitness signal (AUROC with 95% CI in the legend), and the
+    one-step Bayes check: predicted vs observed wrong fraction w among accepted answers."""
+    fig, axes = new_figure(1, 2, width=4.6, height=3.7)
+    ax, bx = axes[0]
+    sigs = list(cal["signals"])
+    colors = line_colors(len(sigs))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":", label="chance")
+    for i, s in enumerate(sigs):
+        r, d = cal["roc"][s], cal["signals"][s]
+        lo, hi = d["auroc_ci"]
+        ax.step(r["fpr"], r["tpr"], where="post", color=colors[i], ls=LINESTYLES[i % 4],
+                label=f"{_SIGNAL_NAMES.get(s, s)}: AUROC {d['auroc']:.2f} [{lo:.2f}, {hi:.2f}]")
+        ax.plot(d["fpr"], d["tpr"], MARKERS[i % 7], color=colors[i], ms=6, mfc="none")
+    ax.set_xlabel("FPR = P(accept | wrong)")
+    ax.set_ylabel("TPR = P(accept | correct)")
+    ax.set_title(f"evaluator ROC (eps = {cal['eps']:.2f}; markers: operating points)")
+    ax.legend(loc="lower right", fontsize=6.5)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    x = np.arange(len(sigs))
+    for i, s in enumerate(sigs):
+        bay = cal["signals"][s]["bayes"]
+        p, plo, phi = bay["w_predicted"], *bay["w_predicted_ci"]
+        o, olo, ohi = bay["w_observed"], *bay["w_observed_wilson"]
+        if np.isfinite(p):
+            bx.errorbar(x[i] - 0.1, p, yerr=_err(p, plo, phi), fmt="s", color="0.55",
+                        capsize=3, label="predicted (calibration half)" if i == 0 else None)
+        if np.isfinite(o):
+            bx.errorbar(x[i] + 0.1, o, yerr=_err(o, olo, ohi), fmt="o", color="k",
+                        capsize=3, label="observed (held-out half)" if i == 0 else None)
+        verdict = {True: "pass", False: "FAIL", None: "n/a"}[bay["pass"]]
+        bx.annotate(verdict, (x[i], 1.0), ha="center", va="bottom", fontsize=7,
+                    xycoords=("data", "axes fraction"))
+    bx.axhline(cal["eps"], color="0.6", ls="--", lw=0.8, label="eps (no selection)")
+    bx.set_xticks(x, [_SIGNAL_NAMES.get(s, s).replace(" ", "\n", 1) for s in sigs], fontsize=7)
+    bx.set_ylabel("w = P(wrong | accepted)")
+    bx.set_ylim(-0.02, 1.02)
+    bx.set_title("one-step Bayes check", pad=14)
+    bx.legend(fontsize=6.5, loc="upper right")
+    return fig
+
+
+def transfer_figure(tr: dict):
+    """Exp 2: eps_next against the wrong fraction b of the context (Wilson 95%), the fitted
+    g(b) = a + lam b, the ideal imitator g(b) = b and the fixed point eps*."""
+    fig, ax = new_figure(width=4.6, height=3.7)
+    b = np.asarray(tr["bs"])
+    e = np.asarray(tr["eps"])
+    lo, hi = np.asarray(tr["eps_wilson_lo"]), np.asarray(tr["eps_wilson_hi"])
+    grid = np.linspace(0, 1, 50)
+    ax.plot(grid, grid, color="0.6", ls=":", lw=0.9, label="ideal imitator g(b) = b")
+    lam_lo, lam_hi = tr["lam_ci"]
+    ax.plot(grid, tr["a"] + tr["lam"] * grid, color=line_colors(1)[0], ls="-",
+            label=f"fit: g(b) = {tr['a']:.2f} + {tr['lam']:.2f} b  (lam in [{lam_lo:.2f}, "
+                  f"{lam_hi:.2f}])")
+    ax.errorbar(b, e, yerr=_err(e, lo, hi), fmt="o", color="k", capsize=3,
+                label="observed (Wilson 95%)")
+    if tr.get("eps_star") is not None and 0 <= tr["eps_star"] <= 1:
+        ax.plot([tr["eps_star"]], [tr["eps_star"]], "D", color="0.35", mfc="none",
+                label=f"fixed point eps* = {tr['eps_star']:.2f}")
+    p = tr.get("p_value")
+    verdict = "n/a" if p is None else ("pass" if tr["pass"] else "FAIL")
+    ax.set_title(f"transfer function (linear fit chi2 p = {p if p is None else round(p, 3)}: "
+                 f"{verdict})")
+    ax.set_xlabel("b = wrong fraction of the k context pairs")
+    ax.set_ylabel("eps_next = P(wrong answer)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=6.5, loc="upper left")
+    return fig
+
+
+def trajectory_figure(traj: dict):
+    """Exp 3: predicted eps_n per arm (line, parameter band dark, predictive band light) and the
+    observed eps_n with Wilson 95% intervals."""
+    arms = list(traj["arms"])
+    fig, axes = new_figure(1, len(arms), width=2.9, height=3.2, sharey=True)
+    axes = np.atleast_1d(axes).ravel()
+    pred = traj["prediction"]["arms"]
+    for ax, arm in zip(axes, arms, strict=True):
+        p, o = pred[arm], traj["arms"][arm]
+        n = np.arange(len(p["point"]))
+        ax.fill_between(n, *p["predictive"], color="0.88", label="predictive 95%")
+        ax.fill_between(n, *p["band"], color="0.7", label="parameter 95%")
+        ax.plot(n, p["point"], color="0.2", ls="--", label="predicted")
+        obs = np.asarray(o["observed"])
+        m = np.arange(obs.size)
+        lo, hi = (np.asarray(x) for x in o["wilson"])
+        ax.errorbar(m, obs, yerr=_err(obs, lo, hi), fmt="o-", color="k", capsize=3, ms=4,
+                    label="observed (Wilson 95%)")
+        ax.set_title(f"{arm}  ({o.get('coverage', '')})" if "coverage" in o else arm)
+        ax.set_xlabel("round n")
+        ax.set_xticks(n)
+    axes[0].set_ylabel("eps_n = P(wrong answer)")
+    axes[0].legend(fontsize=6.5, loc="best")
+    p = traj.get("p_value")
+    fig.suptitle(f"chaining trajectory, signal: "
+                 f"{_SIGNAL_NAMES.get(traj['prediction']['signal'], '')}; chi2 p = "
+                 f"{'n/a' if p is None else f'{p:.3f}'}; slope = "
+                 f"{traj.get('calibration_slope') or float('nan'):.2f}", fontsize=9)
+    return fig
+
+
+def chaining_figure(result: dict):
+    """One chaining run: eps_n, acceptance rate and w_n (wrong among accepted) per round."""
+    fig, ax = new_figure(width=4.6, height=3.4)
+    rounds = result["rounds"]
+    n = [r["round"] for r in rounds]
+    c = line_colors(3)
+    ax.plot(n, [r["eps"] for r in rounds], "o-", color=c[0], label="eps_n (error rate)")
+    ax.plot(n, [r["w"] for r in rounds], "s--", color=c[1], label="w_n (wrong among accepted)")
+    ax.plot(n, [r["accept_rate"] for r in rounds], "^:", color=c[2], label="accepted fraction")
+    ax.set_xlabel("round n")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xticks(n)
+    cfg = result["config"]
+    ax.set_title(f"chaining: {cfg['arm']} ({cfg.get('fitness') or 'no fitness'}), "
+                 f"T = {cfg['temperature']}")
+    ax.legend(fontsize=7)
+    return fig

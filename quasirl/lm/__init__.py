@@ -1,0 +1,59 @@
+"""Bridge to real language models: populations of samples, self-evaluation, chaining, validation.
+
+The essay's loop is: let the model answer, let it evaluate its answer (the survey trick: read
+the probabilities of evaluation labels instead of sampling them), keep what is judged good, put
+the kept pairs in the context, repeat. This package runs that loop on real models and checks
+``quasirl.selection``'s predictions against it:
+
+* backends behind one protocol (:class:`LM`): :class:`LlamaCppLM` (GGUF via llama.cpp),
+  :class:`TransformersLM` (local folders or GGUF), :class:`OpenAICompatibleLM` (vLLM and
+  llama.cpp servers over HTTP), :class:`SyntheticLM` (known rates, for testing the statistics);
+* models installed from Python packages, no hub: ``load("gemma3-270m")``,
+  ``load("smollm2-135m")``;
+* tasks (:class:`Task`: items, prompt format, checker): :func:`capitals`, :func:`arithmetic`,
+  ``Task.from_pairs``, ``Task.from_file``;
+* fitness signals: :class:`SurveyFitness` (``YES_NO``, ``FIVE_POINT``),
+  :class:`LikelihoodFitness`, :class:`GoldFitness`; hard or soft acceptance;
+* the loop :func:`run_chaining` with resumable JSONL records (:class:`RecordLog`);
+* :mod:`quasirl.lm.validate`: Exp 1 (evaluator ROC), Exp 2 (transfer function), Exp 3
+  (predicted vs observed trajectory).
+"""
+
+from . import validate as validate
+from ._chaining import ARMS as ARMS
+from ._chaining import ChainResult as ChainResult
+from ._chaining import RoundSummary as RoundSummary
+from ._chaining import run_chaining as run_chaining
+from ._fitness import FIVE_POINT as FIVE_POINT
+from ._fitness import YES_NO as YES_NO
+from ._fitness import GoldFitness as GoldFitness
+from ._fitness import LikelihoodFitness as LikelihoodFitness
+from ._fitness import Scale as Scale
+from ._fitness import SurveyFitness as SurveyFitness
+from ._fitness import accept as accept
+from ._fitness import get_fitness as get_fitness
+from ._http import OpenAICompatibleLM as OpenAICompatibleLM
+from ._llamacpp import LlamaCppLM as LlamaCppLM
+from ._models import MODELS as MODELS
+from ._models import load as load
+from ._models import model_path as model_path
+from ._records import RecordLog as RecordLog
+from ._records import read_records as read_records
+from ._stats import auroc as auroc
+from ._stats import wilson as wilson
+from ._synthetic import SyntheticLM as SyntheticLM
+from ._tasks import Item as Item
+from ._tasks import Task as Task
+from ._tasks import arithmetic as arithmetic
+from ._tasks import capitals as capitals
+from ._tasks import get_task as get_task
+from ._tasks import normalize as normalize
+from ._transformers import TransformersLM as TransformersLM
+from ._transformers import convert_gguf as convert_gguf
+from ._types import LM as LM
+from ._types import CachedLM as CachedLM
+from ._types import LMError as LMError
+from ._types import Sample as Sample
+from ._types import Score as Score
+from ._types import label_probs as label_probs
+from ._types import sample_seed as sample_seed

@@ -1,0 +1,236 @@
+"""The chaining loop: answer, evaluate, keep what is judged good, put it back in the context.
+
+Round 0 answers fresh queries after k gold demonstrations. Each later round answers fresh,
+disjoint queries after k pairs drawn from a buffer of accepted (query, answer) pairs of earlier
+rounds. With error rate eps_n, evaluator rates (TPR, FPR) and an in-context adaptation map g, the
+theory predicts eps_{n+1} = g(w_n), w_n = eps_n FPR / (eps_n FPR + (1 - eps_n) TPR) (see
+``quasirl.selection``); this loop produces the observed eps_n.
+
+Every sample is appended to a JSONL record file as it is produced; a run that was killed resumes
+from its records (the buffer is rebuilt from them) with no duplicate and no lost record, and the
+records are identical to those of an uninterrupted run, because every random choice is seeded by
+its position (round, query, sample) and never by the order of execution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._validate import QuasirlValueError
+from ._fitness import GoldFitness, accept
+from ._records import RecordLog
+from ._tasks import Task
+from ._types import LM, sample_seed
+
+ARMS = ("filtered", "unfiltered", "random", "oracle")
+KEY = ("round", "qid", "sample")
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """Counts for one round: samples, wrong ones, accepted, wrong among accepted."""
+
+    round: int
+    n: int
+    wrong: int
+    accepted: int
+    accepted_wrong: int
+    context_wrong: float  # mean wrong fraction of the demonstrations the round was shown
+
+    @property
+    def eps(self) -> float:
+        return self.wrong / self.n if self.n else float("nan")
+
+    @property
+    def w(self) -> float:
+        return self.accepted_wrong / self.accepted if self.accepted else float("nan")
+
+    @property
+    def accept_rate(self) -> float:
+        return self.accepted / self.n if self.n else float("nan")
+
+
+@dataclass
+class ChainResult:
+    """Records and per-round summaries of one chaining run (one arm)."""
+
+    config: dict
+    records: list[dict]
+    rounds: list[RoundSummary] = field(default_factory=list)
+
+    @property
+    def eps(self) -> np.ndarray:
+        return np.array([r.eps for r in self.rounds])
+
+    @property
+    def w(self) -> np.ndarray:
+        return np.array([r.w for r in self.rounds])
+
+    @property
+    def accept_rate(self) -> np.ndarray:
+        return np.array([r.accept_rate for r in self.rounds])
+
+    def to_dict(self) -> dict:
+        return {"config": self.config,
+                "rounds": [dict(r.__dict__, eps=r.eps, w=r.w, accept_rate=r.accept_rate)
+                           for r in self.rounds]}
+
+
+def _positive_int(name, v, minimum=1):
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+        raise QuasirlValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def summarize(records: Sequence[dict], rounds: int) -> list[RoundSummary]:
+    """Per-round counts from records (rounds 0 .. rounds)."""
+    out = []
+    for r in range(rounds + 1):
+        rs = [x for x in records if x["round"] == r]
+        if not rs:
+            break
+        out.append(RoundSummary(
+            round=r, n=len(rs), wrong=sum(not x["correct"] for x in rs),
+            accepted=sum(x["accepted"] for x in rs),
+            accepted_wrong=sum(x["accepted"] and not x["correct"] for x in rs),
+            context_wrong=float(np.mean([x["context_wrong"] for x in rs]))))
+    return out
+
+
+def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rounds: int = 3,
+                 queries_per_round: int = 40, samples_per_query: int = 4,
+                 temperature: float = 1.0, k: int = 4, n_demos: int = 8,
+                 buffer_size: int | None = None, acceptance: str = "hard",
+                 threshold: float = 0.5, accept_rate=None, max_tokens: int = 12,
+                 seed: int = 0, split_seed: int = 0, records=None,
+                 progress: Callable[[int], object] | None = None) -> ChainResult:
+    """Run the chaining loop for ``rounds`` selection steps (generation rounds 0 .. rounds).
+
+    Args:
+      lm: a backend (see ``quasirl.lm.LM``).
+      task: the task; its items are split (by ``split_seed``) into ``n_demos`` gold
+        demonstrations and a query pool, cut into disjoint blocks of ``queries_per_round``.
+      fitness: the signal for ``arm="filtered"`` (``SurveyFitness``, ``LikelihoodFitness``,
+        ``GoldFitness``); f in [0, 1].
+      arm: ``filtered`` (accept by fitness), ``unfiltered`` (f = 1: accept all), ``random``
+        (accept with probability ``accept_rate``, a number or one per round, independently of
+        the answer) or ``oracle`` (accept exactly the correct answers).
+      samples_per_query: N samples per query at ``temperature``.
+      k: demonstrations in each prompt: round 0 draws k of the gold demonstrations; round n
+        draws k pairs (fewer if the buffer holds fewer) from the buffer.
+      buffer_size: None keeps the accepted pairs of the last round that accepted any (the
+        theory's one-step recurrence); an integer keeps the latest ``buffer_size`` accepted
+        pairs of all rounds (a rolling buffer). The buffer starts with the gold demonstrations.
+      acceptance, threshold: ``hard`` keeps f >= threshold, ``soft`` keeps with probability f.
+      seed: seeds every random choice by position (round, query, sample).
+      records: JSONL path to write (and resume from), or None to keep records in memory.
+      progress: called with the number of new samples after each query (e.g. ``tqdm.update``).
+
+    Returns a :class:`ChainResult` with every record and per-round error rates eps_n, accepted
+    fractions and wrong fractions among the accepted w_n.
+    """
+    if arm not in ARMS:
+        raise QuasirlValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    rounds = _positive_int("rounds", rounds, 0)
+    q_per = _positive_int("queries_per_round", queries_per_round)
+    n_per = _positive_int("samples_per_query", samples_per_query)
+    k = _positive_int("k", k)
+    n_demos = _positive_int("n_demos", n_demos)
+    if n_demos < k:
+        raise QuasirlValueError(f"n_demos must be >= k = {k}, got {n_demos}")
+    if buffer_size is not None:
+        buffer_size = _positive_int("buffer_size", buffer_size)
+    if acceptance not in ("hard", "soft"):
+        raise QuasirlValueError(f"acceptance must be 'hard' or 'soft', got {acceptance!r}")
+    if arm == "filtered" and fitness is None:
+        raise QuasirlValueError("fitness is required for arm='filtered'")
+    if arm == "oracle":
+        fitness, acceptance, threshold = GoldFitness(), "hard", 0.5
+    rates = None
+    if arm == "random":
+        if accept_rate is None:
+            raise QuasirlValueError("accept_rate is required for arm='random'")
+        rates = np.broadcast_to(np.asarray(accept_rate, dtype=np.float64), (rounds + 1,))
+        bad = np.flatnonzero(~((rates >= 0) & (rates <= 1)))
+        if bad.size:
+            raise QuasirlValueError(
+                f"accept_rate must lie in [0, 1], but accept_rate[{bad[0]}] = {rates[bad[0]]!r}")
+    demos, pool = task.split(n_demos, split_seed)
+    need = (rounds + 1) * q_per
+    if need > len(pool):
+        raise QuasirlValueError(
+            f"task {task.name!r} has {len(pool)} query items after {n_demos} demonstrations, "
+            f"but (rounds + 1) * queries_per_round = {need} fresh queries are needed")
+    meta = {
+        "kind": "chaining", "lm": getattr(lm, "name", type(lm).__name__), "task": task.name,
+        "task_fingerprint": task.fingerprint(), "arm": arm, "rounds": rounds,
+        "queries_per_round": q_per, "samples_per_query": n_per,
+        "temperature": float(temperature), "k": k, "n_demos": n_demos,
+        "buffer_size": buffer_size, "acceptance": acceptance, "threshold": float(threshold),
+        "fitness": getattr(fitness, "name", None) if arm in ("filtered", "oracle") else None,
+        "beta": getattr(fitness, "beta", None), "accept_rate": None if rates is None
+        else [float(x) for x in rates], "max_tokens": int(max_tokens), "seed": int(seed),
+        "split_seed": int(split_seed)}
+    log = RecordLog(records, meta, KEY)
+    by_id = {it.id: it for it in task.items}
+    buffer = [(d.id, d.answer, True, f"demo:{d.id}") for d in demos]
+    try:
+        for r in range(rounds + 1):
+            queries = pool[r * q_per:(r + 1) * q_per]
+            for q, item in enumerate(queries):
+                if all(log.has(r, item.id, j) for j in range(n_per)):
+                    continue
+                ctx_rng = np.random.default_rng(sample_seed(seed, r, q, 1))
+                source = [(d.id, d.answer, True, f"demo:{d.id}") for d in demos] if r == 0 \
+                    else buffer
+                pick = ctx_rng.choice(len(source), size=min(k, len(source)), replace=False)
+                ctx = [source[i] for i in sorted(pick)]
+                prompt = task.prompt(item, [(by_id[c[0]], c[1]) for c in ctx])
+                gseed = sample_seed(seed, r, q)
+                samples = lm.generate([prompt], n=n_per, temperature=temperature,
+                                      max_tokens=max_tokens, stop=("\n",), seed=gseed)[0]
+                correct = [task.check(item, s.text) for s in samples]
+                f = None
+                if fitness is not None:
+                    f = np.asarray(fitness(lm, task, [item] * n_per, samples), dtype=np.float64)
+                u = np.random.default_rng(sample_seed(seed, r, q, 2)).random(n_per)
+                if arm in ("filtered", "oracle"):
+                    acc = accept(f, acceptance, threshold, u)
+                elif arm == "unfiltered":
+                    acc = np.ones(n_per, dtype=bool)
+                else:
+                    acc = u < rates[r]
+                new = 0
+                for j, s in enumerate(samples):
+                    if log.has(r, item.id, j):
+                        continue
+                    log.append({
+                        "task": task.name, "arm": arm, "round": r, "q": q, "qid": item.id,
+                        "sample": j, "query": task.question_text(item),
+                        "context": [c[3] for c in ctx],
+                        "context_wrong": float(np.mean([not c[2] for c in ctx])) if ctx else 0.0,
+                        "text": s.text, "correct": bool(correct[j]),
+                        "fitness": None if f is None else float(f[j]),
+                        "accepted": bool(acc[j]), "seed": gseed, "logprob": s.logprob,
+                        "n_tokens": s.n_tokens, "finish": s.finish})
+                    new += 1
+                if progress is not None:
+                    progress(new)
+            log.sync()
+            # the buffer is rebuilt from the records, so a resumed run sees the same buffer
+            this = sorted((x for x in log.records if x["round"] == r and x["accepted"]),
+                          key=lambda x: (x["q"], x["sample"]))
+            perm = np.random.default_rng(sample_seed(seed, r, 3)).permutation(len(this))
+            fresh = [(this[i]["qid"], this[i]["text"].strip(), this[i]["correct"],
+                      f"{r}:{this[i]['qid']}:{this[i]['sample']}") for i in perm]
+            if buffer_size is None:
+                buffer = fresh or buffer
+            else:
+                buffer = (buffer + fresh)[-buffer_size:]
+    finally:
+        log.close()
+    recs = sorted(log.records, key=lambda x: (x["round"], x["q"], x["sample"]))
+    return ChainResult(config=meta, records=recs, rounds=summarize(recs, rounds))

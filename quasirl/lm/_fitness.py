@@ -1,0 +1,138 @@
+"""Fitness signals (what selection keeps) and acceptance rules.
+
+Three signals, each a number f in [0, 1] per sampled answer:
+
+* the survey trick (:class:`SurveyFitness`): the model reads its own answer in an evaluation
+  prompt and we *read* the probabilities of the evaluation labels instead of sampling a verdict:
+  f = sum_j p(label_j) v_j, with p normalised over the label set (``YES_NO``: f = p(Yes);
+  ``FIVE_POINT``: the expected value on a 0 .. 1 scale "Not at all" .. "A great deal");
+* the model's own likelihood of its answer (:class:`LikelihoodFitness`): f = p(answer | prompt)
+  ** (1 / beta), sequence-level tempering of the sampling distribution;
+* the gold checker (:class:`GoldFitness`): f = 1 for a correct answer, 0 otherwise (the
+  control, and the oracle arm of the chaining loop).
+
+Hard acceptance keeps an answer when f >= threshold; soft acceptance keeps it with probability f
+(the essay's soft selection: the kept population is p(a|q) f(q, a) / Z).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import QuasirlValueError
+from ._tasks import Item, Task, normalize
+from ._types import LM, Sample, label_probs
+
+
+@dataclass(frozen=True)
+class Scale:
+    """An evaluation question with its answer labels and the value of each label in [0, 1]."""
+
+    name: str
+    question: str
+    labels: tuple[str, ...]
+    values: tuple[float, ...]
+
+
+YES_NO = Scale("yesno", "Is the proposed answer correct? Answer Yes or No.",
+               (" Yes", " No"), (1.0, 0.0))
+FIVE_POINT = Scale(
+    "scale5",
+    "How confident are you that it is correct: Not at all, A little, Somewhat, Quite a bit "
+    "or A great deal?",
+    (" Not at all", " A little", " Somewhat", " Quite a bit", " A great deal"),
+    (0.0, 0.25, 0.5, 0.75, 1.0))
+SCALES = {s.name: s for s in (YES_NO, FIVE_POINT)}
+
+
+class SurveyFitness:
+    """The survey trick: f = expected label value under the normalised label probabilities.
+
+    Results are cached per (item, normalised answer): the evaluation prompt does not depend on
+    the generation context, so repeated answers cost nothing.
+    """
+
+    def __init__(self, scale: Scale = YES_NO):
+        if not isinstance(scale, Scale):
+            raise QuasirlValueError(f"scale must be a Scale, got {type(scale).__name__}")
+        self.scale = scale
+        self.name = scale.name
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def label_probs(self, lm: LM, task: Task, items: Sequence[Item],
+                    answers: Sequence[str]) -> np.ndarray:
+        """[len(answers), n_labels] label probabilities for each (item, answer)."""
+        keys = [(lm, task.fingerprint(), it.id, normalize(a)) for it, a in
+                zip(items, answers, strict=True)]
+        todo = {k: (it, a) for k, it, a in zip(keys, items, answers, strict=True)
+                if k not in self._cache}
+        if todo:
+            prompts = [task.eval_prompt(it, a, self.scale.question) for it, a in todo.values()]
+            probs = label_probs(lm, prompts, self.scale.labels)
+            for k, p in zip(todo, probs, strict=True):
+                self._cache[k] = p
+        return np.array([self._cache[k] for k in keys]).reshape(len(keys), -1)
+
+    def __call__(self, lm: LM, task: Task, items: Sequence[Item],
+                 samples: Sequence[Sample]) -> np.ndarray:
+        answers = [s.text.strip() for s in samples]
+        p = self.label_probs(lm, task, items, answers)
+        f = p @ np.asarray(self.scale.values)
+        f[[not a for a in answers]] = 0.0  # an empty answer is not an answer
+        return np.clip(f, 0.0, 1.0)
+
+
+class LikelihoodFitness:
+    """Own likelihood: f = exp(log p(answer | prompt) / beta), from the sample's raw log-probs.
+
+    An empty answer gets f = 0. ``beta`` > 0 tempers the sequence probability (beta = 1: the
+    probability itself).
+    """
+
+    def __init__(self, beta: float = 1.0):
+        if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+            raise QuasirlValueError(f"beta must be a finite number > 0, got {beta!r}")
+        self.beta = float(beta)
+        self.name = "likelihood"
+
+    def __call__(self, lm, task, items, samples) -> np.ndarray:
+        lp = np.array([s.logprob for s in samples], dtype=np.float64)
+        f = np.exp(np.minimum(lp, 0.0) / self.beta)
+        f[[not s.text.strip() for s in samples]] = 0.0
+        return f
+
+
+class GoldFitness:
+    """The checker as a fitness: 1 for a correct answer, 0 otherwise."""
+
+    name = "gold"
+
+    def __call__(self, lm, task, items, samples) -> np.ndarray:
+        return np.array([float(task.check(it, s.text)) for it, s in
+                         zip(items, samples, strict=True)])
+
+
+def get_fitness(name: str, beta: float = 1.0):
+    """A fitness signal by name: ``yesno``, ``scale5``, ``likelihood`` or ``gold``."""
+    if name in SCALES:
+        return SurveyFitness(SCALES[name])
+    if name == "likelihood":
+        return LikelihoodFitness(beta)
+    if name == "gold":
+        return GoldFitness()
+    raise QuasirlValueError(
+        f"signal must be one of 'yesno', 'scale5', 'likelihood', 'gold', got {name!r}")
+
+
+def accept(f, mode: str, threshold: float, u) -> np.ndarray:
+    """Acceptance: hard keeps f >= threshold; soft keeps with probability f (u uniform[0,1))."""
+    f = np.asarray(f, dtype=np.float64)
+    if mode == "hard":
+        return f >= threshold
+    if mode == "soft":
+        return np.asarray(u) < f
+    raise QuasirlValueError(f"acceptance must be 'hard' or 'soft', got {mode!r}")

@@ -1,0 +1,332 @@
+"""Evaluable tasks: items (query, accepted answers), a prompt format and a checker.
+
+Prompts are plain text so that every backend (local, HTTP, synthetic) sees the same string. The
+``qa`` style (the default)::
+
+    [instruction]
+
+    Q: What is 12 + 30?
+    A: 42
+
+    Q: What is 37 + 58?
+    A:
+
+and the ``list`` style, one short line per pair (a third of the tokens: prompt evaluation is
+what costs most on a CPU)::
+
+    Capital cities of the world's countries.
+
+    Germany: Berlin
+    France:
+
+Evaluation prompts (the survey trick) show one proposed answer to the full question
+(``eval_question``) and ask a question whose answer labels are scored (see
+``quasirl.lm.YES_NO`` and ``FIVE_POINT``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from .._validate import QuasirlValueError
+
+_CUTS = re.compile(r"[,;(]| or ")
+# style -> (block template with {q} and {a}, separator between blocks)
+_STYLES = {"qa": ("Q: {q}\nA: {a}", "\n\n"), "list": ("{q}: {a}", "\n")}
+
+
+def _block_regex(block: str) -> re.Pattern:
+    """Regex matching one rendered block: group 1 the question, group 2 the answer."""
+    pre, rest = block.split("{q}")
+    mid, post = rest.split("{a}")
+    return re.compile(re.escape(pre) + "(.*?)" + re.escape(mid) + "(.*)" + re.escape(post),
+                      re.DOTALL)
+_NUMBER = re.compile(r"-?\d+")
+
+
+def normalize(text: str) -> str:
+    """Lower case, accents and punctuation removed, single spaces ("São Tomé" -> "sao tome")."""
+    t = unicodedata.normalize("NFKD", text)
+    t = "".join(c for c in t if not unicodedata.combining(c)).lower()
+    t = re.sub(r"[^0-9a-z]+", " ", t)
+    return " ".join(t.split())
+
+
+@dataclass(frozen=True)
+class Item:
+    """One query with its accepted answers (the first is the canonical one)."""
+
+    id: str
+    query: str
+    answers: tuple[str, ...]
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A question-answering task with a checker.
+
+    Args:
+      name: short name used in records.
+      items: the items; ids must be distinct.
+      question: template for the question in generation prompts (``{query}`` is replaced).
+      instruction: optional first paragraph of every generation prompt.
+      style: ``"qa"`` ("Q: question / A: answer" blocks) or ``"list"`` ("question: answer"
+        lines).
+      eval_question: template of the question shown in evaluation prompts (default:
+        ``question``).
+      kind: ``"text"`` (answer matched as whole words after normalisation) or ``"number"``
+        (the first integer in the response must equal the answer).
+    """
+
+    name: str
+    items: tuple[Item, ...]
+    question: str = "{query}"
+    instruction: str = ""
+    kind: str = "text"
+    style: str = "qa"
+    eval_question: str | None = None
+    _by_question: dict = field(default_factory=dict, repr=False, compare=False)
+    _by_eval_question: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise QuasirlValueError(f"name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "items", tuple(self.items))
+        if len(self.items) < 2:
+            raise QuasirlValueError(f"items must hold at least 2 items, got {len(self.items)}")
+        if self.kind not in ("text", "number"):
+            raise QuasirlValueError(f"kind must be 'text' or 'number', got {self.kind!r}")
+        if self.style not in _STYLES:
+            raise QuasirlValueError(f"style must be one of {tuple(_STYLES)}, got {self.style!r}")
+        for nm in ("question", "eval_question"):
+            v = getattr(self, nm)
+            if v is not None and "{query}" not in v:
+                raise QuasirlValueError(f"{nm} must contain '{{query}}', got {v!r}")
+        seen: dict[str, int] = {}
+        for i, it in enumerate(self.items):
+            if not isinstance(it, Item):
+                raise QuasirlValueError(f"items[{i}] must be an Item, got {type(it).__name__}")
+            if it.id in seen:
+                raise QuasirlValueError(
+                    f"items[{i}].id = {it.id!r} repeats items[{seen[it.id]}].id")
+            seen[it.id] = i
+            if not it.answers or any(not normalize(a) for a in it.answers):
+                raise QuasirlValueError(f"items[{i}] ({it.id!r}) has an empty accepted answer")
+            if "\n" in it.query or any("\n" in a for a in it.answers):
+                raise QuasirlValueError(f"items[{i}] ({it.id!r}) contains a newline")
+            q = self.question_text(it)
+            if q in self._by_question:
+                raise QuasirlValueError(f"items[{i}] repeats the question {q!r}")
+            self._by_question[q] = it
+            self._by_eval_question[(self.eval_question or self.question).format(
+                query=it.query)] = it
+
+    # -- prompts -------------------------------------------------------------------------
+    def question_text(self, item: Item) -> str:
+        return self.question.format(query=item.query)
+
+    def prompt(self, item: Item, demos: Sequence[tuple[Item, str]] = ()) -> str:
+        """Generation prompt: optional instruction, demonstrations (item, answer), the query."""
+        block, sep = _STYLES[self.style]
+        parts = [f"{self.instruction}\n\n"] if self.instruction else []
+        for d, a in demos:
+            parts.append(block.format(q=self.question_text(d), a=a.strip()) + sep)
+        parts.append(block.format(q=self.question_text(item), a="").rstrip())
+        return "".join(parts)
+
+    def eval_prompt(self, item: Item, answer: str, question: str) -> str:
+        """Evaluation prompt for the survey trick: the query, a proposed answer, a question."""
+        q = (self.eval_question or self.question).format(query=item.query)
+        return f"Q: {q}\nProposed answer: {answer.strip()}\n{question}\nAnswer:"
+
+    def parse_prompt(self, prompt: str) -> tuple[Item, list[tuple[Item, str]]]:
+        """Inverse of :meth:`prompt`: (query item, [(demo item, demo answer)])."""
+        block, sep = _STYLES[self.style]
+        head = f"{self.instruction}\n\n" if self.instruction else ""
+        if not prompt.startswith(head):
+            raise QuasirlValueError(f"prompt is not a {self.name!r} generation prompt")
+        blocks = prompt[len(head):].split(sep)
+        pattern = _block_regex(block)
+        demos = []
+        for b in blocks[:-1]:
+            m = pattern.fullmatch(b)
+            if m is None:
+                raise QuasirlValueError(f"prompt block {b!r} is not a {self.name!r} pair")
+            demos.append((self.item_for_question(m.group(1)), m.group(2)))
+        m = pattern.fullmatch(blocks[-1] + " ")
+        if m is None or m.group(2):
+            raise QuasirlValueError(f"prompt does not end with a {self.name!r} query")
+        return self.item_for_question(m.group(1)), demos
+
+    def parse_eval_prompt(self, prompt: str) -> tuple[Item, str, str] | None:
+        """Inverse of :meth:`eval_prompt`: (item, proposed answer, question), or None."""
+        if "\nProposed answer: " not in prompt or not prompt.endswith("\nAnswer:"):
+            return None
+        q, rest = prompt.split("\nProposed answer: ", 1)
+        answer, question = rest[: -len("\nAnswer:")].split("\n", 1)
+        it = self._by_eval_question.get(q[3:])
+        if it is None:
+            raise QuasirlValueError(f"no item of task {self.name!r} asks {q[3:]!r}")
+        return it, answer, question
+
+    def item_for_question(self, question: str) -> Item:
+        try:
+            return self._by_question[question]
+        except KeyError:
+            raise QuasirlValueError(f"no item of task {self.name!r} asks {question!r}") from None
+
+    # -- checking -------------------------------------------------------------------------
+    def check(self, item: Item, response: str) -> bool:
+        """Is ``response`` (first line) a correct answer to ``item``?"""
+        line = response.strip().split("\n", 1)[0]
+        if self.kind == "number":
+            m = _NUMBER.search(line)
+            return m is not None and any(int(m.group()) == int(a) for a in item.answers)
+        head = f" {normalize(_CUTS.split(line, 1)[0])} "
+        return any(f" {normalize(a)} " in head for a in item.answers)
+
+    def wrong_answer(self, item: Item, rng: np.random.Generator) -> str:
+        """A plausible wrong answer: another item's canonical answer that the checker rejects."""
+        for _ in range(1000):
+            other = self.items[int(rng.integers(len(self.items)))]
+            if other.id != item.id and not self.check(item, other.answer):
+                return other.answer
+        raise QuasirlValueError(f"task {self.name!r} has no wrong answer for item {item.id!r}")
+
+    # -- splits and identity -----------------------------------------------------------
+    def split(self, n_demos: int, seed: int = 0) -> tuple[tuple[Item, ...], tuple[Item, ...]]:
+        """A seeded permutation of the items cut into (demonstration pool, query pool)."""
+        if not 0 <= n_demos < len(self.items):
+            raise QuasirlValueError(
+                f"n_demos must be in [0, {len(self.items) - 1}], got {n_demos}")
+        perm = np.random.default_rng([int(seed), 7]).permutation(len(self.items))
+        items = tuple(self.items[i] for i in perm)
+        return items[:n_demos], items[n_demos:]
+
+    def fingerprint(self) -> str:
+        """Hash of the items, templates and checker kind (stored with run records)."""
+        blob = json.dumps([self.name, self.question, self.instruction, self.kind, self.style,
+                           self.eval_question,
+                           [(i.id, i.query, list(i.answers)) for i in self.items]])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def item(self, item_id: str) -> Item:
+        for it in self.items:
+            if it.id == item_id:
+                return it
+        raise QuasirlValueError(f"task {self.name!r} has no item with id {item_id!r}")
+
+    # -- constructors ---------------------------------------------------------------------
+    @classmethod
+    def from_pairs(cls, name: str, pairs: Iterable, question: str = "{query}",
+                   instruction: str = "", kind: str = "text", style: str = "qa",
+                   eval_question: str | None = None) -> Task:
+        """A task from (query, answer) or (query, [accepted answers]) pairs."""
+        items = []
+        for i, pair in enumerate(pairs):
+            try:
+                q, a = pair
+            except (TypeError, ValueError):
+                raise QuasirlValueError(
+                    f"pairs[{i}] must be a (query, answer) pair, got {pair!r}") from None
+            answers = (a,) if isinstance(a, str) else tuple(a)
+            if not isinstance(q, str) or not all(isinstance(x, str) for x in answers):
+                raise QuasirlValueError(f"pairs[{i}] must hold strings, got {pair!r}")
+            items.append(Item(id=str(i), query=q, answers=answers))
+        return cls(name=name, items=tuple(items), question=question, instruction=instruction,
+                   kind=kind, style=style, eval_question=eval_question)
+
+    @classmethod
+    def from_file(cls, path, name: str | None = None, question: str = "{query}",
+                  instruction: str = "", kind: str = "text", style: str = "qa",
+                  eval_question: str | None = None) -> Task:
+        """A task from a CSV (columns ``query``, ``answers`` with ``|`` between accepted answers,
+        optional ``id``) or a JSONL file (``{"query": ..., "answers": [...]}`` per line)."""
+        path = Path(path)
+        if not path.is_file():
+            raise QuasirlValueError(f"path must be an existing file, got {str(path)!r}")
+        rows = []
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        d = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise QuasirlValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+                    ans = d.get("answers", d.get("answer"))
+                    if "query" not in d or ans is None:
+                        raise QuasirlValueError(f"{path}:{n}: needs 'query' and 'answers'")
+                    rows.append((str(d.get("id", len(rows))), d["query"],
+                                 (ans,) if isinstance(ans, str) else tuple(ans)))
+        else:
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                if not {"query", "answers"} <= set(reader.fieldnames or ()):
+                    raise QuasirlValueError(
+                        f"{path}: CSV needs columns 'query' and 'answers', got {reader.fieldnames}")
+                for r in reader:
+                    rows.append((r.get("id") or str(len(rows)), r["query"],
+                                 tuple(a.strip() for a in r["answers"].split("|"))))
+        items = tuple(Item(id=i, query=q, answers=a) for i, q, a in rows)
+        return cls(name=name or path.stem, items=items, question=question,
+                   instruction=instruction, kind=kind, style=style, eval_question=eval_question)
+
+
+def capitals() -> Task:
+    """Country capitals: 195 countries, accepted alternatives (``Bern|Berne``, ``Sucre|La Paz``)."""
+    text = files("quasirl.lm").joinpath("data/capitals.csv").read_text(encoding="utf-8")
+    reader = csv.DictReader(text.splitlines())
+    items = tuple(Item(id=normalize(r["country"]).replace(" ", "-"), query=r["country"],
+                       answers=tuple(r["capitals"].split("|"))) for r in reader)
+    return Task(name="capitals", items=items, question="{query}", style="list",
+                instruction="Capital cities of the world's countries.",
+                eval_question="What is the capital of {query}?")
+
+
+def arithmetic(digits: int = 2, n: int = 200, op: str = "+", seed: int = 0) -> Task:
+    """Arithmetic with ``digits``-digit operands: "What is 37 + 58?" (op one of + - *)."""
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
+        raise QuasirlValueError(f"digits must be an integer in [1, 9], got {digits!r}")
+    if op not in ("+", "-", "*"):
+        raise QuasirlValueError(f"op must be one of '+', '-', '*', got {op!r}")
+    lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits
+    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= (hi - lo) ** 2:
+        raise QuasirlValueError(f"n must be an integer in [2, {(hi - lo) ** 2}], got {n!r}")
+    rng = np.random.default_rng([int(seed), digits])
+    seen, items = set(), []
+    while len(items) < n:
+        a, b = (int(x) for x in rng.integers(lo, hi, size=2))
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        val = {"+": a + b, "-": a - b, "*": a * b}[op]
+        items.append(Item(id=f"{a}{op}{b}", query=f"{a} {op} {b}", answers=(str(val),)))
+    return Task(name=f"arithmetic{digits}{op}", items=tuple(items), question="What is {query}?",
+                kind="number")
+
+
+def get_task(name: str) -> Task:
+    """A built-in task by name (``capitals``, ``arithmetic``, ``arithmetic3`` ...) or a file."""
+    if name == "capitals":
+        return capitals()
+    m = re.fullmatch(r"arithmetic(\d?)", name)
+    if m:
+        return arithmetic(digits=int(m.group(1) or 2))
+    if Path(name).suffix in (".csv", ".jsonl"):
+        return Task.from_file(name)
+    raise QuasirlValueError(
+        f"task must be 'capitals', 'arithmetic[D]' or a .csv/.jsonl file, got {name!r}")

@@ -1,0 +1,189 @@
+"""The backend protocol shared by every language model, and the survey-trick label scoring.
+
+A backend samples continuations with their per-token log-probabilities (raw model
+log-probabilities at temperature 1, never renormalised by top-k / top-p / temperature) and scores
+given continuations. Everything above the backends (fitness signals, the chaining loop, the
+validation experiments) talks only to this protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from .._validate import QuasirlValueError
+
+
+class LMError(RuntimeError):
+    """A backend could not do what was asked (server down after retries, unusable scores...)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation.
+
+    ``token_logprobs[i]`` is the raw model log-probability log p(token_i | prompt, token_<i)
+    (temperature 1, full vocabulary), whatever temperature the token was sampled at.
+    ``finish`` is ``"stop"`` (a stop string or end-of-sequence token) or ``"length"``.
+    """
+
+    text: str
+    token_logprobs: tuple[float, ...]
+    finish: str = "stop"
+    token_ids: tuple[int, ...] | None = field(default=None, compare=False)
+
+    @property
+    def logprob(self) -> float:
+        """log p(continuation | prompt): the sum of the token log-probabilities."""
+        return float(math.fsum(self.token_logprobs))
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_logprobs)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Log-probability of a given continuation: the total and one value per token."""
+
+    total: float
+    token_logprobs: tuple[float, ...]
+
+
+@runtime_checkable
+class LM(Protocol):
+    """What every backend offers (``LlamaCppLM``, ``TransformersLM``, ``OpenAICompatibleLM``,
+    ``SyntheticLM``)."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 1.0,
+                 max_tokens: int = 16, stop: Sequence[str] = ("\n",),
+                 seed: int = 0) -> list[list[Sample]]:
+        """``n`` samples per prompt; sample j of prompt i is seeded by (seed, i, j)."""
+        ...
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[Score]:
+        """log p(continuation | prompt) for each pair, in total and per token."""
+        ...
+
+
+def sample_seed(seed: int, *path: int) -> int:
+    """A 63-bit seed derived from ``seed`` and an index path (independent streams, no reuse)."""
+    state = np.random.SeedSequence([int(seed) & (2**63 - 1), *[int(p) for p in path]])
+    return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def check_generate_args(prompts, n, temperature, max_tokens, stop, seed) -> tuple[list[str], ...]:
+    """Validate the arguments of ``generate`` (shared by all backends)."""
+    prompts = check_prompts("prompts", prompts)
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise QuasirlValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | np.integer) \
+            or max_tokens < 1:
+        raise QuasirlValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    t = float(temperature)
+    if not math.isfinite(t) or t < 0:
+        raise QuasirlValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+    if isinstance(stop, str):
+        stop = (stop,)
+    stop = tuple(stop or ())
+    for i, s in enumerate(stop):
+        if not isinstance(s, str) or not s:
+            raise QuasirlValueError(f"stop[{i}] must be a non-empty string, got {s!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise QuasirlValueError(f"seed must be an integer, got {seed!r}")
+    return prompts, int(n), t, int(max_tokens), stop, int(seed)
+
+
+def check_prompts(name: str, prompts) -> list[str]:
+    if isinstance(prompts, str):
+        raise QuasirlValueError(f"{name} must be a sequence of strings, not a single string")
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise QuasirlValueError(f"{name}[{i}] must be a string, got {type(p).__name__}")
+    return prompts
+
+
+def check_score_args(prompts, continuations) -> tuple[list[str], list[str]]:
+    prompts = check_prompts("prompts", prompts)
+    continuations = check_prompts("continuations", continuations)
+    if len(prompts) != len(continuations):
+        raise QuasirlValueError(
+            f"prompts and continuations must have the same length, got {len(prompts)} and "
+            f"{len(continuations)}")
+    for i, c in enumerate(continuations):
+        if not c:
+            raise QuasirlValueError(f"continuations[{i}] is empty: nothing to score")
+    return prompts, continuations
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut ``text`` at the first occurrence of any stop string; return (text, stopped)."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def label_probs(lm: LM, prompts: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """The survey trick: probabilities of evaluation labels, read instead of sampled.
+
+    For each prompt, p(label_j) = exp(l_j) / sum_i exp(l_i) with l_j = log p(label_j | prompt)
+    the model's raw log-probability of the whole label string (so multi-token labels are exact),
+    normalised over the label set. Returns an array [len(prompts), len(labels)] whose rows sum
+    to 1.
+    """
+    prompts = check_prompts("prompts", prompts)
+    labels = check_prompts("labels", labels)
+    if len(labels) < 2:
+        raise QuasirlValueError(f"labels must hold at least 2 labels, got {len(labels)}")
+    if len(set(labels)) != len(labels):
+        raise QuasirlValueError(f"labels must be distinct, got {labels!r}")
+    if not prompts:
+        return np.zeros((0, len(labels)))
+    flat_p = [p for p in prompts for _ in labels]
+    flat_c = [c for _ in prompts for c in labels]
+    lp = np.array([s.total for s in lm.score(flat_p, flat_c)], dtype=np.float64)
+    lp = lp.reshape(len(prompts), len(labels))
+    m = lp.max(axis=1, keepdims=True)
+    if not np.all(np.isfinite(m)):
+        i = int(np.argmin(np.isfinite(m[:, 0])))
+        raise LMError(f"every label has probability 0 after prompts[{i}]")
+    w = np.exp(lp - m)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+class CachedLM:
+    """Memoises ``generate`` and ``score`` of a backend (identical calls return stored results).
+
+    The chaining arms of one experiment share round 0 (same prompts, same seeds), so wrapping the
+    backend once lets the control arms reuse the first arm's round-0 samples.
+    """
+
+    def __init__(self, lm: LM):
+        self.lm = lm
+        self.name = lm.name
+        self._gen: dict = {}
+        self._score: dict = {}
+
+    def generate(self, prompts, n=1, temperature=1.0, max_tokens=16, stop=("\n",), seed=0):
+        key = (tuple(prompts), n, float(temperature), max_tokens,
+               (stop,) if isinstance(stop, str) else tuple(stop), seed)
+        if key not in self._gen:
+            self._gen[key] = self.lm.generate(prompts, n=n, temperature=temperature,
+                                              max_tokens=max_tokens, stop=stop, seed=seed)
+        return [list(row) for row in self._gen[key]]
+
+    def score(self, prompts, continuations):
+        prompts, continuations = check_score_args(prompts, continuations)
+        todo = [(p, c) for p, c in zip(prompts, continuations, strict=True)
+                if (p, c) not in self._score]
+        if todo:
+            for pc, s in zip(todo, self.lm.score([p for p, _ in todo], [c for _, c in todo]),
+                             strict=True):
+                self._score[pc] = s
+        return [self._score[(p, c)] for p, c in zip(prompts, continuations, strict=True)]
