@@ -42,6 +42,7 @@ def _args(argv):
     p.add_argument("--numpy-steps", type=int, default=None,
                    help="steps the numpy references run (scaled to the horizon); default 10")
     p.add_argument("--b3-max-L", type=int, default=None, help="largest L for B3 (24 CPU, 30 GPU)")
+    p.add_argument("--b3-sizes", default=None, help="explicit B3 sizes, e.g. 26,28,30")
     p.add_argument("--no-plot", action="store_true", help="skip bench.png")
     return p.parse_args(argv)
 
@@ -69,6 +70,8 @@ def plan(a) -> dict:
                    numpy_steps=nps),
         "B5": dict(max_horizon=6 if q else 12, repeats=rep),
     }
+    if a.b3_sizes:
+        cfg["B3"]["sizes"] = [int(x) for x in a.b3_sizes.split(",") if x.strip()]
     if q:
         cfg["B1"]["temps"] = 8
         cfg["B2"]["temps"] = 4
