@@ -137,7 +137,7 @@ def _temper(p, r, T):
     return jnp.where(T > 0, soft, hard)
 
 
-temper_jit = jax.jit(_temper)
+_temper_jit = jax.jit(_temper)
 
 
 def temper(p, r, T):
@@ -147,7 +147,7 @@ def temper(p, r, T):
     mass goes to argmax r over the support of p, split in proportion to p (exact, no small T).
     """
     p = _check_p(p)
-    return temper_jit(p, _check_scores("r", r, p), _check_temp("T", T))
+    return _temper_jit(p, _check_scores("r", r, p), _check_temp("T", T))
 
 
 @partial(jax.jit, static_argnames="k")

@@ -273,7 +273,8 @@ def register(app: typer.Typer) -> None:
         console.print(t1)
         console.print(t2)
         bon = s["best_of_n"]
-        console.print(f"recurrence = closed form to {s['closed_form_max_abs_diff']:.1e}; "
+        prec = "float64" if s["x64"] else "float32; set JAX_ENABLE_X64=1 for float64"
+        console.print(f"recurrence = closed form to {s['closed_form_max_abs_diff']:.1e} ({prec}); "
                       f"best-of-N KL <= log N - (N-1)/N: {bon['bound_holds']}; "
                       f"two-point KL at N = {bon['N'][-1]}: {bon['kl_two_point'][-1]:.4f} "
                       f"(bound {bon['bound'][-1]:.3f}); {s['seconds']:.1f} s; figures in {out}/")
