@@ -138,12 +138,10 @@ class _Tab(NamedTuple):
 
 
 def _tables(edges, dtype) -> _Tab:
-    table = pull_table(edges)
-    pad = table == edges.E
-    idx = np.where(pad, 0, table)
-    src = np.where(pad, 0, edges.src[idx])
-    logw = np.where(pad, -np.inf, edges.logw[idx])
-    rew = np.where(pad, 0.0, edges.rew[idx])
+    table = pull_table(edges)  # sentinel E -> the padding entry appended below
+    src = np.append(edges.src, 0)[table]
+    logw = np.append(edges.logw, -np.inf)[table]
+    rew = np.append(edges.rew, 0.0)[table]
     return _Tab(jnp.asarray(src, dtype=jnp.int32), jnp.asarray(logw, dtype=dtype),
                 jnp.asarray(rew, dtype=dtype), jnp.asarray(edges.log_init, dtype=dtype))
 
