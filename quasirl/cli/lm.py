@@ -71,7 +71,8 @@ def _print_calibration(cal: dict, console) -> None:
         b = d["bayes"]
         t.add_row(s, _fmt_ci(d["auroc"], d["auroc_ci"]), f"{d['tpr']:.3f}", f"{d['fpr']:.3f}",
                   f"{b['w_predicted']:.3f}", f"{b['w_observed']:.3f}",
-                  f"{_verdict(b['pass'])} (0 in [{b['diff_ci'][0]:.3f}, {b['diff_ci'][1]:.3f}])")
+                  f"{_verdict(b['pass'])} (w obs in [{b['w_predictive'][0]:.3f}, "
+                  f"{b['w_predictive'][1]:.3f}]?)")
     console.print(t)
 
 

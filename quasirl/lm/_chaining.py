@@ -157,7 +157,8 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
         bad = np.flatnonzero(~((rates >= 0) & (rates <= 1)))
         if bad.size:
             raise QuasirlValueError(
-                f"accept_rate must lie in [0, 1], but accept_rate[{bad[0]}] = {rates[bad[0]]!r}")
+                f"accept_rate must lie in [0, 1], but accept_rate[{bad[0]}] = "
+                f"{float(rates[bad[0]])!r}")
     demos, pool = task.split(n_demos, split_seed)
     need = (rounds + 1) * q_per
     if need > len(pool):

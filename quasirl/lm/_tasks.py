@@ -27,6 +27,7 @@ Evaluation prompts (the survey trick) show one proposed answer to the full quest
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import re
@@ -41,19 +42,12 @@ import numpy as np
 from .._validate import QuasirlValueError
 
 _CUTS = re.compile(r"[,;(]| or ")
+_NUMBER = re.compile(r"-?\d+")
 # style -> (block template with {q} and {a}, separator between blocks)
 _STYLES = {"qa": ("Q: {q}\nA: {a}", "\n\n"), "list": ("{q}: {a}", "\n")}
 
 
-def _block_regex(block: str) -> re.Pattern:
-    """Regex matching one rendered block: group 1 the question, group 2 the answer."""
-    pre, rest = block.split("{q}")
-    mid, post = rest.split("{a}")
-    return re.compile(re.escape(pre) + "(.*?)" + re.escape(mid) + "(.*)" + re.escape(post),
-                      re.DOTALL)
-_NUMBER = re.compile(r"-?\d+")
-
-
+@functools.lru_cache(maxsize=1 << 16)
 def normalize(text: str) -> str:
     """Lower case, accents and punctuation removed, single spaces ("São Tomé" -> "sao tome")."""
     t = unicodedata.normalize("NFKD", text)
@@ -101,6 +95,7 @@ class Task:
     eval_question: str | None = None
     _by_question: dict = field(default_factory=dict, repr=False, compare=False)
     _by_eval_question: dict = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -160,17 +155,26 @@ class Task:
         if not prompt.startswith(head):
             raise QuasirlValueError(f"prompt is not a {self.name!r} generation prompt")
         blocks = prompt[len(head):].split(sep)
-        pattern = _block_regex(block)
-        demos = []
-        for b in blocks[:-1]:
-            m = pattern.fullmatch(b)
-            if m is None:
-                raise QuasirlValueError(f"prompt block {b!r} is not a {self.name!r} pair")
-            demos.append((self.item_for_question(m.group(1)), m.group(2)))
-        m = pattern.fullmatch(blocks[-1] + " ")
-        if m is None or m.group(2):
+        demos = [self._split_block(b, block) for b in blocks[:-1]]
+        item, answer = self._split_block(blocks[-1] + " ", block)
+        if answer:
             raise QuasirlValueError(f"prompt does not end with a {self.name!r} query")
-        return self.item_for_question(m.group(1)), demos
+        return item, demos
+
+    def _split_block(self, text: str, block: str) -> tuple[Item, str]:
+        """(item, answer) of one rendered block; the question must be one of the task's (so a
+        question that itself contains the separator is still found)."""
+        pre, rest = block.split("{q}")
+        mid, post = rest.split("{a}")
+        if text.startswith(pre) and text.endswith(post):
+            body = text[len(pre): len(text) - len(post)]
+            pos = body.find(mid)
+            while pos >= 0:
+                it = self._by_question.get(body[:pos])
+                if it is not None:
+                    return it, body[pos + len(mid):]
+                pos = body.find(mid, pos + 1)
+        raise QuasirlValueError(f"prompt block {text!r} is not a {self.name!r} pair")
 
     def parse_eval_prompt(self, prompt: str) -> tuple[Item, str, str] | None:
         """Inverse of :meth:`eval_prompt`: (item, proposed answer, question), or None."""
@@ -219,10 +223,14 @@ class Task:
 
     def fingerprint(self) -> str:
         """Hash of the items, templates and checker kind (stored with run records)."""
+        if "fingerprint" in self._memo:
+            return self._memo["fingerprint"]
         blob = json.dumps([self.name, self.question, self.instruction, self.kind, self.style,
                            self.eval_question,
                            [(i.id, i.query, list(i.answers)) for i in self.items]])
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self._memo["fingerprint"] = fp  # the task is immutable
+        return fp
 
     def item(self, item_id: str) -> Item:
         for it in self.items:

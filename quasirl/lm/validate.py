@@ -7,7 +7,8 @@ Three experiments, each resumable from its JSONL records and each with a pass/fa
   AUROC, the operating threshold (chosen on a calibration half of the queries), TPR and FPR on
   the held-out half, and a one-step Bayes check: the wrong fraction among accepted answers that
   the calibration half predicts, w = eps FPR / (eps FPR + (1 - eps) TPR), against the one
-  observed on the held-out half. Pass: 0 lies in the 95% interval of (observed - predicted).
+  observed on the held-out half. Pass: the observed w lies in its 95% predictive interval
+  (Binomial(n accepted, w) with w drawn from the calibration half's bootstrap).
 * **Exp 2, transfer function** (:func:`transfer`): contexts of k pairs with an exact wrong
   fraction b; eps_next = g(b) and the fit g(b) = (1 - lam) eps* + lam b. Pass: the line fits
   (chi-square goodness of fit, p > 0.05).
@@ -259,6 +260,17 @@ def analyze_calibration(records: Sequence[dict], signals=None, *, threshold="you
         diff_ci = percentile_ci(w_hd - w_pred_d)
         n_acc_h = float((acc * mh).sum())
         n_acc_wrong_h = float((acc * wrong * mh).sum())
+        # predictive interval of the held-out w: the wrong count among the n accepted answers is
+        # Binomial(n, w) with w drawn from the calibration half's bootstrap
+        n_int = max(int(round(n_acc_h)), 0)
+        ok_d = np.isfinite(w_pred_d)
+        if n_int and ok_d.any():
+            rng = np.random.default_rng(sample_seed(seed, 5, len(roc)))
+            sim = rng.binomial(n_int, np.clip(w_pred_d[ok_d], 0, 1)) / n_int
+            w_int = percentile_ci(sim)
+        else:
+            w_int = (np.nan, np.nan)
+        w_h0 = float(w_h[0])
         fr, tr, ths = roc_curve(f, correct)
         roc[s] = {"fpr": fr, "tpr": tr}
         summary["signals"][s] = {
@@ -273,10 +285,11 @@ def analyze_calibration(records: Sequence[dict], signals=None, *, threshold="you
                 percentile_ci(w_pred_d)), "w_observed": float(w_h[0]),
                 "w_observed_ci": _ci(percentile_ci(w_hd)),
                 "w_observed_wilson": _ci(wilson(n_acc_wrong_h, n_acc_h)),
-                "accepted_heldout": n_acc_h, "diff_ci": _ci(diff_ci),
-                "eps_calibration": float(eps_c[0]), "eps_heldout": float(eps_h[0]),
-                "pass": bool(diff_ci[0] <= 0.0 <= diff_ci[1]) if np.isfinite(diff_ci).all()
-                else None},
+                "w_predictive": _ci(w_int), "accepted_heldout": n_acc_h,
+                "diff_ci": _ci(diff_ci), "eps_calibration": float(eps_c[0]),
+                "eps_heldout": float(eps_h[0]),
+                "pass": bool(w_int[0] <= w_h0 <= w_int[1])
+                if np.isfinite(w_int).all() and np.isfinite(w_h0) else None},
         }
         draws[s] = {"tpr": tpr_hd, "fpr": fpr_hd}
     return Calibration(summary=summary, draws=draws, roc=roc)

@@ -46,14 +46,15 @@ def calibration_figure(cal: dict):
     x = np.arange(len(sigs))
     for i, s in enumerate(sigs):
         bay = cal["signals"][s]["bayes"]
-        p, plo, phi = bay["w_predicted"], *bay["w_predicted_ci"]
+        p, plo, phi = bay["w_predicted"], *bay["w_predictive"]
         o, olo, ohi = bay["w_observed"], *bay["w_observed_wilson"]
         if np.isfinite(p):
             bx.errorbar(x[i] - 0.1, p, yerr=_err(p, plo, phi), fmt="s", color="0.55",
-                        capsize=3, label="predicted (calibration half)" if i == 0 else None)
+                        capsize=3, label="predicted, 95% predictive (calibration half)" if i == 0
+                        else None)
         if np.isfinite(o):
             bx.errorbar(x[i] + 0.1, o, yerr=_err(o, olo, ohi), fmt="o", color="k",
-                        capsize=3, label="observed (held-out half)" if i == 0 else None)
+                        capsize=3, label="observed, Wilson 95% (held-out half)" if i == 0 else None)
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[bay["pass"]]
         bx.annotate(verdict, (x[i], 1.0), ha="center", va="bottom", fontsize=7,
                     xycoords=("data", "axes fraction"))
