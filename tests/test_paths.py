@@ -630,3 +630,39 @@ def test_bad_input():
 
     with pytest.raises(QuasirlValueError, match="concrete arrays"):
         jax.jit(traced)(mdp.reward)
+
+
+# --------------------------------------------------------------------------------------------
+# the CLI
+# --------------------------------------------------------------------------------------------
+def test_paths_cli_writes_figures_and_consistent_numbers(tmp_path, capsys):
+    import json
+
+    from quasirl.cli import main
+    from quasirl.cli.paths import LAYOUT, REWARDS, STEP_COST
+
+    assert main(["paths", "--out", str(tmp_path), "--quick"]) == 0
+    for name in ("optimal_mass_asymptote.png", "unrolled_flow.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["num_paths"] == s["num_paths_dp"] == 4**6
+    assert s["max_abs_path_integral_minus_free_energy"] < 1e-10
+    assert s["max_abs_mass_dp_minus_enumerated"] < 1e-9
+    assert abs(s["ratio_at_smallest_T"] - 1.0) < 0.05
+    mdp = qr.gridworld(layout=LAYOUT, rewards=REWARDS, step_cost=STEP_COST)
+    T = np.asarray(s["temperatures"])
+    np.testing.assert_allclose(s["free_energy"], qr.free_energy(mdp, T, 6), rtol=1e-12)
+    np.testing.assert_allclose(s["best_return"], 2.0 - 5 * STEP_COST, rtol=1e-12)
+    np.testing.assert_allclose(s["delta"], STEP_COST, rtol=1e-9)  # one wasted move
+    assert s["num_optimal_paths"] == qp.num_optimal_paths(mdp, 6)
+    assert "P(optimal) DP" in capsys.readouterr().out
+
+
+def test_paths_cli_bad_argument_is_one_line(capsys):
+    from quasirl.cli import main
+
+    assert main(["paths", "--horizon", "12", "--out", "/tmp/unused-quasirl"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: horizon must lie in [1, 8] (paths are enumerated), got 12"
+    assert main(["paths", "--temps", "x"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
