@@ -6,10 +6,15 @@
   for an existing cluster), written chunk by chunk to a store so that interrupted sweeps resume.
 * :func:`boundary_curve` / :func:`crossings` locate a phase boundary as a curve over one axis
   (level crossings along the other, interpolated).
+* :func:`boundary` (contour polylines at a level) and :func:`is_convex` are
+  :mod:`quasirl.selection`'s helpers, re-exported.
 * Phase diagrams with their theory curves: :func:`mdp_phase_diagram` (optimal-path mass over
-  temperature and exploration noise, T_c(mu) = dr / (-L ln(1 - mu))).
+  temperature and exploration noise, T_c(mu) = dr / (-L ln(1 - mu))) and
+  :func:`boost_phase_diagrams` (the selection module's three planes with boundaries, closed
+  forms and convexity verdicts).
 """
 
+from ._phase_boost import boost_phase_diagrams as boost_phase_diagrams
 from ._phase_geometry import boundary_curve as boundary_curve
 from ._phase_geometry import crossings as crossings
 from ._phase_mdp import critical_temperature as critical_temperature
@@ -19,11 +24,18 @@ from ._phase_mdp import route_mass as route_mass
 from ._phase_mdp import route_policy as route_policy
 from ._phase_sweep import is_vectorizable as is_vectorizable
 from ._phase_sweep import sweep as sweep
+from .selection import Convexity as Convexity
+from .selection import boundary as boundary
+from .selection import is_convex as is_convex
 
 __all__ = [
+    "Convexity",
+    "boost_phase_diagrams",
+    "boundary",
     "boundary_curve",
     "critical_temperature",
     "crossings",
+    "is_convex",
     "is_vectorizable",
     "mdp_phase_diagram",
     "route_chain",

@@ -353,3 +353,47 @@ def test_cli_phase_through_a_real_dask_scheduler(tmp_path):
     # the worker computed in float64 (the client's precision) and agrees with the closed form
     assert ds["mass"].dtype == np.float64
     np.testing.assert_allclose(ds["mass"], ds["mass_theory"], rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# boosting phase diagrams
+# --------------------------------------------------------------------------------------------
+def test_boost_phase_diagrams_match_closed_forms():
+    n = 41
+    planes = phase.boost_phase_diagrams(eps0=0.3, rounds=4, target=0.5, n=n)
+    rates, imit, intr = planes["rates"], planes["imitation"], planes["intrinsic"]
+    # the field itself against the odds formula: odds_n = odds_0 (FPR/TPR)^n
+    t, f = np.meshgrid(rates.tpr.values, rates.fpr.values, indexing="ij")
+    odds = (0.3 / 0.7) * (f / t) ** 4
+    np.testing.assert_allclose(rates["error"], odds / (1 + odds), rtol=1e-12)
+    # ideal learner, many rounds: the amplifying region is exactly FPR <= TPR, boundary exact
+    assert rates.attrs["exact_dev_limit"] == 0.0
+    np.testing.assert_array_equal(rates["fpr_boundary_limit"], rates.tpr.values)
+    np.testing.assert_array_equal(qr.selection.region_mask(rates["ratio_limit"], 1.0), f <= t)
+    # finite rounds: FPR = c TPR with c from the closed form, up to the grid interpolation
+    c = np.exp((np.log(0.15 / 0.85) - np.log(0.3 / 0.7)) / 4)
+    np.testing.assert_allclose(rates.attrs["slope_theory"], c, rtol=1e-12)
+    assert rates.attrs["boundary_points"] >= n - 2
+    assert rates.attrs["max_abs_dev"] < 0.5 / n  # half a grid step in FPR
+    step_L = 5.0 / (n - 1)
+    assert imit.attrs["boundary_points"] >= 10 and imit.attrs["boundary_mismatch_points"] == 0
+    assert imit.attrs["max_abs_dev"] < 0.5 * step_L
+    # intrinsic error: the error is linear in mu below the threshold, so interpolation is exact
+    assert intr.attrs["boundary_points"] >= n // 2
+    assert intr.attrs["max_abs_dev"] < 1e-12
+    np.testing.assert_allclose(intr["mu_theory"].sel(selection=intr.selection[-1]),
+                               0.5 * (1 - np.exp(-4.0)), rtol=1e-12)
+    # convexity verdicts: each amplifying region is convex by construction (a cone; the
+    # epigraph of a convex L(lam); the hypograph of the concave mu(L) = t (1 - e^-L))
+    assert [planes[k].attrs["convex"] for k in ("rates", "imitation", "intrinsic")] == [1, 1, 1]
+    # ... and the complement of the last one (an epigraph of a concave curve) is not
+    assert not phase.is_convex(intr["error"], 0.5, side="above").convex
+
+
+def test_boost_phase_bad_arguments():
+    with pytest.raises(QuasirlValueError, match=r"target must lie in \(0, 1\)"):
+        phase.boost_phase_diagrams(target=1.0)
+    with pytest.raises(QuasirlValueError, match="n must be an integer >= 5"):
+        phase.boost_phase_diagrams(n=3)
+    with pytest.raises(QuasirlValueError, match="rounds must be an integer >= 1"):
+        phase.boost_phase_diagrams(rounds=0)
