@@ -290,6 +290,8 @@ def unrolled_graph(mdp: MDP, horizon: int, T=None):
     ``reward``. Paths from layer 0 to layer H are exactly the paths of :func:`enumerate_paths`.
     With a scalar ``T`` each edge also gets ``flow``, the tempered probability that a path uses
     it (:func:`quasirl.paths.path_flow`), and each node ``flow`` (its tempered occupation).
+    Built edge by edge in Python: meant for small graphs (drawing, networkx algorithms); the
+    dynamic-programming functions are the route for large ones.
     """
     import networkx as nx
 

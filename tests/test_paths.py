@@ -145,10 +145,11 @@ def test_path_integral_equals_free_energy_and_brute_force(problem, T):
     np.testing.assert_allclose(F, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("branching", [1, 3])
-def test_path_integral_random_mdps_batched(branching):
-    """qr.random_mdp (deterministic and stochastic), all five temperatures in one batch; the
-    batch equals the loop; the enumeration count equals the DP count."""
+def test_path_integral_random_mdp_batched():
+    """qr.random_mdp (stochastic; the fixture cases above include deterministic random MDPs),
+    all five temperatures in one batch; the batch equals the loop; the enumeration count equals
+    the DP count."""
+    branching = 3
     mdp = qr.random_mdp(jax.random.PRNGKey(branching), 5, 3, branching=branching,
                         reward_scale=3.0)
     H = 4
@@ -416,9 +417,8 @@ def test_path_flow_against_occupancy_and_enumeration(problem2):
     S, A, K = mdp.shape
     assert flow.shape == (3, H, S, A, K)
     np.testing.assert_allclose(flow.sum(axis=(2, 3, 4)), 1.0, rtol=1e-12)
-    for i, T in enumerate(Ts[:2]):
-        np.testing.assert_allclose(flow[i].sum(axis=0), qr.occupancy(mdp, T, H), rtol=1e-9,
-                                   atol=1e-13)
+    np.testing.assert_allclose(flow[1].sum(axis=0), qr.occupancy(mdp, 0.2, H), rtol=1e-9,
+                               atol=1e-13)
     # per-step flow into each state = tempered law of s_{t+1}, from enumeration (T > 0 and 0)
     paths, prob = qp.path_distribution(mdp, Ts, H)
     st_ = np.asarray(paths.states)
@@ -581,9 +581,11 @@ def test_float32_mdp():
     H = 3
     m = qp.optimal_path_mass(mdp, np.array([1.0, 0.1, 0.0]), H)
     assert m.dtype == np.float32
-    mdp64 = qr.MDP(P, R.astype(np.float32).astype(np.float64), init=init, policy=policy)
-    m64 = qp.optimal_path_mass(mdp64, np.array([1.0, 0.1, 0.0]), H)
-    np.testing.assert_allclose(m, m64, rtol=1e-4)
+    _, _, blw, bret = brute_paths(P, R.astype(np.float32).astype(np.float64), init, policy, H)
+    top = bret >= bret.max() - 1e-6
+    want = [np.exp(logsumexp((blw + bret / T)[top]) - logsumexp(blw + bret / T))
+            for T in [1.0, 0.1]] + [1.0]
+    np.testing.assert_allclose(m, want, rtol=1e-4)
     F = qp.path_integral(mdp, 0.5, H)
     assert F.dtype == np.float32
     np.testing.assert_allclose(F, qr.free_energy(mdp, 0.5, H), rtol=1e-5)
