@@ -162,15 +162,25 @@ def random_mdp(key, S: int, A: int, branching: int = 2, reward_scale: float = 1.
     probabilities and N(0, reward_scale^2) rewards. ``key`` is a JAX PRNG key."""
     if not 1 <= branching <= S:
         raise V.QuasirlValueError(f"branching must lie in [1, S={S}], got {branching}")
-    k1, k2, k3 = jax.random.split(key, 3)
+    # numpy's generator seeded by the key's bits: the same key gives the same MDP, and there
+    # is no per-shape compilation of eager JAX random ops.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     dt = dtype or jnp.result_type(float)
-    scores = jax.random.uniform(k1, (S, A, S))
-    nxt = jnp.argsort(scores, axis=-1)[..., :branching].astype(jnp.int32)
-    prob = jax.random.dirichlet(k2, jnp.ones(branching), shape=(S, A)).astype(dt)
-    rew = reward_scale * jax.random.normal(k3, (S, A, branching), dtype=dt)
-    prob = np.asarray(prob, dtype=np.float64)
+    if 4 * branching > S:
+        nxt = np.argsort(rng.random((S, A, S)), axis=-1)[..., :branching]
+    else:  # O(S * A * branching): redraw the rows that repeat a successor
+        nxt = rng.integers(0, S, (S, A, branching))
+        while True:
+            srt = np.sort(nxt, axis=-1)
+            dup = (srt[..., 1:] == srt[..., :-1]).any(-1)
+            if not dup.any():
+                break
+            nxt[dup] = rng.integers(0, S, (int(dup.sum()), branching))
+    nxt = nxt.astype(np.int32)
+    prob = rng.dirichlet(np.ones(branching), size=(S, A))
     prob = prob / prob.sum(-1, keepdims=True)
-    return MDP.from_successors(np.asarray(nxt), prob.astype(dt), np.asarray(rew))
+    rew = reward_scale * rng.standard_normal((S, A, branching))
+    return MDP.from_successors(nxt, prob.astype(dt), rew.astype(dt))
 
 
 def from_graph(G, reward: str = "reward", init: str | None = None) -> MDP:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import typer
 
@@ -18,11 +19,6 @@ def run_demo(out: Path, horizon: int = 20, n_temps: int = 36, t_max: float = 10.
 
     Returns the numbers written to ``summary.json``.
     """
-    import jax.numpy as jnp
-
-    import quasirl as qr
-    from quasirl import plots
-    from quasirl._models import DEFAULT_LAYOUT, DEFAULT_REWARDS, _parse_layout
     from quasirl._validate import QuasirlValueError, check_horizon
 
     check_horizon(horizon)
@@ -32,6 +28,17 @@ def run_demo(out: Path, horizon: int = 20, n_temps: int = 36, t_max: float = 10.
         raise QuasirlValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with jax.enable_x64(True):  # scoped float64: the library never flips global config
+        return _demo(out, horizon, n_temps, t_max, t_min, map_temps)
+
+
+def _demo(out, horizon, n_temps, t_max, t_min, map_temps):
+    import jax.numpy as jnp
+
+    import quasirl as qr
+    from quasirl import plots
+    from quasirl._models import DEFAULT_LAYOUT, DEFAULT_REWARDS, _parse_layout
+
     t0 = time.perf_counter()
     mdp = qr.gridworld(layout=DEFAULT_LAYOUT, dtype=jnp.float64)
     S, A, _ = mdp.shape
@@ -44,13 +51,12 @@ def run_demo(out: Path, horizon: int = 20, n_temps: int = 36, t_max: float = 10.
     # Deterministic moves, uniform exploration, a point start: every path has weight A^-H,
     # so the bound is 0 <= max R - F(T) <= T * H * log A.
     neg_log_w = horizon * np.log(A)
-    # The T = 0 evolution gives the total weight W of the max-return paths, so the tempered
-    # probability of the optimal paths is W exp(max R / T) / Z(T) = exp(log W + (max R - F)/T).
-    limit = qr.evolve(mdp, 0.0, horizon)
-    log_W = float(limit.log_normaliser)
-    pos = T > 0
-    mass = np.ones_like(T)
-    mass[pos] = np.exp(np.minimum(log_W + (max_return - F[pos]) / T[pos], 0.0))
+    # Probability of the max-return paths, and of the rest, each by its own dynamic programme
+    # (no 1 - mass cancellation), with the asymptote N2 exp(-Delta/T) / W1 of the rest.
+    mass = np.asarray(qr.paths.optimal_path_mass(mdp, T, horizon))
+    rest = np.asarray(qr.paths.suboptimal_path_mass(mdp, T, horizon))
+    gap = qr.paths.return_gap(mdp, horizon)
+    asymptote = np.asarray(gap.asymptote(np.where(T > 0, T, 1.0)))
 
     policies = np.asarray(qr.soft_policy(mdp, np.asarray(map_temps), horizon))[:, 0]
     occ = np.stack([np.asarray(qr.occupancy(mdp, t, horizon)).sum(axis=(1, 2))
@@ -62,26 +68,28 @@ def run_demo(out: Path, horizon: int = 20, n_temps: int = 36, t_max: float = 10.
     fig = plots.plot_free_energy(T, F, max_return, neg_log_w,
                                  title=f"Gridworld ({S} states, H = {horizon}): F(T) -> max R")
     plots.savefig(fig, out / "free_energy.png")
-    fig = plots.plot_optimal_mass(T, mass)
+    fig = plots.plot_optimal_mass(T, mass, rest=rest, asymptote=asymptote)
     plots.savefig(fig, out / "optimal_path_mass.png")
     fig = plots.plot_policy_maps((rows, cols), map_temps, policies, occ, walls=walls,
                                  labels=labels)
     plots.savefig(fig, out / "soft_policy_maps.png")
 
-    gap = max_return - F
     summary = {
         "world": {"layout": DEFAULT_LAYOUT.strip().splitlines(), "rewards": DEFAULT_REWARDS,
                   "step_cost": 0.04, "states": S, "actions": A},
         "horizon": horizon,
         "max_return": max_return,
         "bound_neg_log_w_star": neg_log_w,
-        "log_weight_optimal_paths": log_W,
+        "return_gap_delta": float(gap.delta),
+        "second_best_weight_ratio_N2_over_W1": float(gap.n2 / gap.w1),
         "temperatures": T.tolist(),
         "free_energy": F.tolist(),
-        "gap_max_return_minus_F": gap.tolist(),
-        "bound_ok": bool(np.all((gap >= -1e-9) & (gap <= T * neg_log_w + 1e-9))),
+        "gap_max_return_minus_F": (max_return - F).tolist(),
+        "bound_ok": bool(np.all((max_return - F >= -1e-9)
+                                & (max_return - F <= T * neg_log_w + 1e-9))),
         "monotone_ok": bool(np.all(np.diff(F) >= -1e-9)),
         "optimal_path_mass": mass.tolist(),
+        "suboptimal_path_mass": rest.tolist(),
         "bellman_value": float(qr.bellman_value(mdp, horizon)),
         "seconds": time.perf_counter() - t0,
         "figures": ["free_energy.png", "optimal_path_mass.png", "soft_policy_maps.png"],

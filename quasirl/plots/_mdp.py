@@ -41,8 +41,12 @@ def plot_free_energy(T, F, max_return, neg_log_w_star, title=None):
     return fig
 
 
-def plot_optimal_mass(T, mass, asymptote=None, title=None):
-    """Tempered probability of the max-return paths against 1/T (log scale on 1 - mass)."""
+def plot_optimal_mass(T, mass, rest=None, asymptote=None, title=None):
+    """Tempered probability of the max-return paths against 1/T, and of the rest (log scale).
+
+    ``rest`` is the probability of the non-optimal paths computed on its own (1 - mass loses
+    all digits once it is below ~1e-16); ``asymptote`` is its small-T prediction.
+    """
     T = np.asarray(T, dtype=float)
     mass = np.asarray(mass, dtype=float)
     pos = T > 0
@@ -56,8 +60,8 @@ def plot_optimal_mass(T, mass, asymptote=None, title=None):
     ax1.set_ylabel("optimal-path probability")
     ax1.set_ylim(-0.02, 1.05)
     ax1.set_title("Mass on the max-return paths")
-    rest = np.clip(1.0 - mass[pos], 1e-300, None)
-    ax2.semilogy(invT, rest, marker="o", ms=3, color=line_colors(1)[0], label="computed")
+    rest = 1.0 - mass if rest is None else np.asarray(rest, dtype=float)
+    ax2.semilogy(invT, rest[pos], marker="o", ms=3, color=line_colors(1)[0], label="computed")
     if asymptote is not None:
         ax2.semilogy(invT, np.asarray(asymptote, dtype=float)[pos], color="C3", ls="--",
                      label=r"$N_2 e^{-\Delta/T}/W_1$")
