@@ -1,0 +1,644 @@
+"""Eigen's model on the full genotype space: the Kronecker mutation operator and the dynamics.
+
+Genotypes are the integers i in [0, 2^L); site j is axis j of ``x.reshape([2] * L)``, i.e.
+bit L-1-j of i (site 0 is the most significant bit), and the master sequence is i = 0 unless
+said otherwise. Per site, a 0 becomes a 1 with probability u_j and a 1 becomes a 0 with
+probability v_j, so the per-site matrix is M_j = [[1-u_j, v_j], [u_j, 1-v_j]] (M[new, old],
+columns sum to 1) and Q = M_0 (x) M_1 (x) ... (x) M_{L-1}.
+
+Q is never formed. Sites are grouped into blocks of g consecutive sites (``groups``, in site
+order, summing to L); block b is the 2^g x 2^g Kronecker product of its sites' M_j. Applying a
+block to the trailing g sites of the vector is one matrix product that also rotates those g
+bits to the front: with X = y.reshape(2^(L-g), 2^g), Z = B @ X^T is [2^g, 2^(L-g)] and its
+flat view is the vector in the rotated site order. Applying the blocks from the last to the
+first therefore leaves the sites in their original order, at the cost of one GEMM (one read
+and one write of the vector) per block: 2^(g+1) flops per entry and block.
+See benchmarks/bench_sequence.py for the choice of the default grouping.
+
+Jit policy: the private ``_*_kernel`` functions are jitted (shapes and groupings static);
+public functions validate concrete input and call them once.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
+
+__all__ = [
+    "MutationSpectrum",
+    "Stationary",
+    "Trajectory",
+    "class_distribution",
+    "default_groups",
+    "evolve",
+    "hamming_distance",
+    "mutate",
+    "mutation_spectrum",
+    "stationary",
+]
+
+MAX_L = 34
+_HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 shortcuts on GPUs: the blocks are tiny anyway
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+def _float_dtype(*xs):
+    dts = [jnp.asarray(x).dtype for x in xs if x is not None]
+    dts = [d for d in dts if jnp.issubdtype(d, jnp.floating)]
+    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
+def check_L(L, name: str = "L", limit: int = MAX_L) -> int:
+    if isinstance(L, bool) or not isinstance(L, numbers.Integral | np.integer):
+        raise QuasirlValueError(f"{name} must be an integer, got {L!r}")
+    if not 1 <= int(L) <= limit:
+        raise QuasirlValueError(f"{name} must be between 1 and {limit}, got {int(L)}")
+    return int(L)
+
+
+def length_of(x, name: str) -> int:
+    """L such that x has shape [2^L] (raises otherwise)."""
+    shape = np.shape(x)
+    if len(shape) != 1:
+        raise QuasirlValueError(f"{name} must be a 1-D array of 2^L entries, got shape {shape}")
+    n = shape[0]
+    L = n.bit_length() - 1
+    if n < 2 or (1 << L) != n:
+        raise QuasirlValueError(
+            f"{name} must have 2^L entries (L >= 1), got {n} (not a power of 2 >= 2)"
+        )
+    return L
+
+
+def check_fitness(fitness, name: str = "fitness") -> int:
+    """Validate a full-space fitness vector; return L."""
+    L = length_of(fitness, name)
+    if is_concrete(fitness):
+        a = np.asarray(fitness)
+        if a.dtype == object or not np.issubdtype(a.dtype, np.number):
+            raise QuasirlValueError(f"{name} must be an array of numbers, got dtype {a.dtype}")
+        check_finite(name, a)
+        check_nonnegative(name, a)
+        if not (a > 0).any():
+            raise QuasirlValueError(f"{name} must have a positive entry, but all are 0")
+    return L
+
+
+def _check_rate_array(rate, name: str, L: int):
+    if is_concrete(rate):
+        a = np.asarray(rate)
+        if a.dtype == object or not np.issubdtype(a.dtype, np.number):
+            raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {rate!r}")
+        if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != L):
+            raise QuasirlValueError(
+                f"{name} must be a scalar or a per-site array of shape (L,) = ({L},), "
+                f"got shape {a.shape}"
+            )
+        af = np.atleast_1d(a)
+        bad = ~np.isfinite(af) | (af < 0) | (af > 1)
+        if bad.any():
+            i = int(np.argwhere(bad)[0][0])
+            where = f"{name}[{i}]" if a.ndim == 1 else name
+            raise QuasirlValueError(f"{name} must be in [0, 1], but {where} = {af[i]!r}")
+    elif jnp.ndim(rate) > 1 or (jnp.ndim(rate) == 1 and jnp.shape(rate)[0] != L):
+        raise QuasirlValueError(f"{name} must be a scalar or have shape ({L},)")
+
+
+def site_rates(mu, nu, L: int, dtype):
+    """(u, v): per-site rates 0 -> 1 and 1 -> 0 as [L] arrays (nu defaults to mu)."""
+    _check_rate_array(mu, "mu", L)
+    if nu is not None:
+        _check_rate_array(nu, "nu", L)
+    u = jnp.broadcast_to(jnp.asarray(mu, dtype), (L,))
+    v = u if nu is None else jnp.broadcast_to(jnp.asarray(nu, dtype), (L,))
+    return u, v
+
+
+def check_count(n, name: str, minimum: int = 0) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral | np.integer):
+        raise QuasirlValueError(f"{name} must be an integer, got {n!r}")
+    if n < minimum:
+        raise QuasirlValueError(f"{name} must be >= {minimum}, got {n}")
+    return int(n)
+
+
+def check_master(master, L: int) -> int:
+    if isinstance(master, bool) or not isinstance(master, numbers.Integral | np.integer):
+        raise QuasirlValueError(f"master must be an integer genotype index, got {master!r}")
+    if not 0 <= int(master) < (1 << L):
+        raise QuasirlValueError(f"master must be in [0, 2^L) = [0, {1 << L}), got {int(master)}")
+    return int(master)
+
+
+# --------------------------------------------------------------------------------------------
+# groupings and blocks
+# --------------------------------------------------------------------------------------------
+def default_groups(L: int, dtype=None) -> tuple[int, ...]:
+    """Default split of the L sites into Kronecker blocks (in site order).
+
+    Blocks of at most g_max sites, as equal as possible: g_max = 6 in float32 and 4 in float64
+    on CPUs (the matrix products are then compute-bound at the rate the CPU sustains), 8 on
+    GPUs (bandwidth-bound: fewer, larger blocks). Measured in benchmarks/bench_sequence.py.
+    """
+    L = check_L(L)
+    dt = jnp.dtype(dtype if dtype is not None else jnp.result_type(float))
+    if jax.default_backend() != "cpu":
+        gmax = 8
+    else:
+        gmax = 6 if dt.itemsize <= 4 else 4
+    n = -(-L // gmax)
+    base, extra = divmod(L, n)
+    return tuple([base + 1] * extra + [base] * (n - extra))
+
+
+def check_groups(groups, L: int) -> tuple[int, ...]:
+    if groups is None:
+        return None
+    try:
+        g = tuple(int(x) for x in groups)
+    except (TypeError, ValueError) as exc:
+        raise QuasirlValueError(
+            f"groups must be a sequence of positive integers, got {groups!r}"
+        ) from exc
+    if any(x < 1 for x in g) or sum(g) != L:
+        raise QuasirlValueError(
+            f"groups must be positive block sizes summing to L = {L}, got {g} (sum {sum(g)})"
+        )
+    if max(g) > 12:
+        raise QuasirlValueError(f"groups must have blocks of at most 12 sites, got {max(g)}")
+    return g
+
+
+def site_matrices(u, v):
+    """[L, 2, 2] per-site column-stochastic matrices M[new, old]."""
+    return jnp.stack([jnp.stack([1 - u, v], -1), jnp.stack([u, 1 - v], -1)], -2)
+
+
+def blocks(u, v, groups: tuple[int, ...]):
+    """The Kronecker blocks of consecutive sites, in site order (a list of [2^g, 2^g])."""
+    M = site_matrices(u, v)
+    out, start = [], 0
+    for g in groups:
+        B = M[start]
+        for j in range(start + 1, start + g):
+            B = jnp.kron(B, M[j])
+        out.append(B)
+        start += g
+    return out
+
+
+def apply_blocks(y, bl, scale=None):
+    """Q y for the blocks ``bl`` (site order); ``scale`` (a scalar) is folded into the last
+    block applied, so that a normalisation costs nothing."""
+    n = len(bl)
+    for i in range(n - 1, -1, -1):
+        B = bl[i]
+        if i == 0 and scale is not None:
+            B = B * scale
+        X = y.reshape(-1, B.shape[0])
+        y = jax.lax.dot_general(B, X, (((1,), (1,)), ((), ())), precision=_HIGHEST).reshape(-1)
+    return y
+
+
+def _ck_rates(u, v, dt):
+    """Per-site probabilities of exp(dt G_j) for the 2-state generator with rates (u, v):
+    exp(dt G) = I + (1 - exp(-(u+v) dt)) / (u+v) G (exact; -> dt G as u + v -> 0)."""
+    lam = u + v
+    safe = jnp.where(lam > 0, lam, 1.0)
+    c = jnp.where(lam > 0, -jnp.expm1(-safe * dt) / safe, dt)
+    return u * c, v * c
+
+
+# --------------------------------------------------------------------------------------------
+# Hamming classes
+# --------------------------------------------------------------------------------------------
+def _class_sum(x, L: int):
+    """[L+1] sums of x over genotypes with k ones (no index array: a per-bit fold)."""
+    h = x.reshape(-1, 1)
+    for _ in range(L):
+        h = h.reshape(-1, 2, h.shape[-1])
+        a, b = h[:, 0, :], h[:, 1, :]
+        z = jnp.zeros_like(a[:, :1])
+        h = jnp.concatenate([a, z], axis=1) + jnp.concatenate([z, b], axis=1)
+    return h.reshape(L + 1)
+
+
+def _relabel(x, L: int, master: int):
+    """x over genotypes relabelled so that ``master`` becomes 0 (XOR with master)."""
+    if master == 0:
+        return x
+    idx = jnp.arange(1 << L, dtype=jnp.uint32) ^ jnp.uint32(master)
+    return x[idx]
+
+
+@partial(jax.jit, static_argnames=("L", "master"))
+def _classes_kernel(x, L: int, master: int):
+    return _class_sum(_relabel(x, L, master), L)
+
+
+def class_distribution(x, master: int = 0):
+    """Mass of each Hamming class: out[k] = sum of x over genotypes at distance k from
+    ``master``  [L+1]."""
+    L = length_of(x, "x")
+    master = check_master(master, L)
+    return _classes_kernel(jnp.asarray(x), L, master)
+
+
+def hamming_distance(L: int, master: int = 0):
+    """Hamming distance of every genotype to ``master`` (popcount of i XOR master)  [2^L]."""
+    L = check_L(L)
+    master = check_master(master, L)
+    i = jnp.arange(1 << L, dtype=jnp.uint32) ^ jnp.uint32(master)
+    return jax.lax.population_count(i).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# mutation operator and its spectrum
+# --------------------------------------------------------------------------------------------
+@partial(jax.jit, static_argnames=("groups",))
+def _mutate_kernel(x, u, v, groups):
+    return apply_blocks(x, blocks(u, v, groups))
+
+
+def mutate(x, mu, nu=None, *, groups=None):
+    """Apply the mutation matrix: Q x for x over the 2^L genotypes, Q = (x)_j M_j  [2^L].
+
+    mu: per-site probability of 0 -> 1 (scalar or [L]); nu: probability of 1 -> 0 (default mu:
+    the symmetric model Q = (x)_L [[1-mu, mu], [mu, 1-mu]]). Q is applied as grouped Kronecker
+    blocks, never as a dense 2^L x 2^L matrix; ``groups`` (block sizes in site order, summing
+    to L) overrides :func:`default_groups`. Columns of Q sum to 1, so sum(Q x) = sum(x).
+    """
+    L = length_of(x, "x")
+    x = jnp.asarray(x)
+    dtype = _float_dtype(x, mu, nu)
+    u, v = site_rates(mu, nu, L, dtype)
+    g = check_groups(groups, L) or default_groups(L, dtype)
+    return _mutate_kernel(x.astype(dtype), u, v, g)
+
+
+class MutationSpectrum(NamedTuple):
+    """Eigenvalues of Q and their multiplicities."""
+
+    eigenvalues: jax.Array
+    multiplicity: jax.Array
+
+
+def mutation_spectrum(L: int, mu, nu=None) -> MutationSpectrum:
+    """Spectrum of Q: eigenvalues prod_{j in S} (1 - u_j - v_j) over subsets S of the sites.
+
+    Scalar rates: the L + 1 distinct values (1 - mu - nu)^k, k = 0..L, with multiplicity
+    C(L, k) ((1 - 2 mu)^k in the symmetric model); eigenvector of (1-2mu)^k: the Walsh
+    functions (-1)^{popcount(i & S)} with |S| = k. Per-site rates: all 2^L values
+    (a Kronecker product of the per-site spectra {1, 1 - u_j - v_j}), multiplicity 1 each, in
+    the genotype order of S (bit L-1-j of the index set for site j).
+    """
+    L = check_L(L)
+    dtype = _float_dtype(mu, nu)
+    u, v = site_rates(mu, nu, L, dtype)
+    lam = 1 - u - v
+    scalar = np.ndim(mu) == 0 and (nu is None or np.ndim(nu) == 0)
+    if scalar:
+        k = jnp.arange(L + 1)
+        mult = jnp.asarray([math.comb(L, int(i)) for i in range(L + 1)], dtype=dtype)
+        return MutationSpectrum(lam[0] ** k.astype(dtype), mult)
+    vals = jnp.ones((1,), dtype)
+    for j in range(L):
+        vals = jnp.kron(vals, jnp.stack([jnp.ones((), dtype), lam[j]]))
+    return MutationSpectrum(vals, jnp.ones_like(vals))
+
+
+# --------------------------------------------------------------------------------------------
+# dynamics
+# --------------------------------------------------------------------------------------------
+class Trajectory(NamedTuple):
+    """Result of :func:`evolve`.
+
+    distribution: the final genotype distribution [2^L]; mean_fitness: f.x_t for t = 0..G
+    [G+1]; master: x_t[master] [G+1]; classes: Hamming-class masses every ``save_every``
+    generations ([G // save_every + 1, L+1]) or None.
+    """
+
+    distribution: jax.Array
+    mean_fitness: jax.Array
+    master: jax.Array
+    classes: jax.Array | None
+
+
+def _discrete_step(f, bl):
+    def step(x):
+        y = f * x
+        s = jnp.sum(y)
+        return apply_blocks(y, bl, 1 / s)
+
+    return step
+
+
+def _continuous_step(f, bl, dt):
+    d = jnp.exp(0.5 * dt * (f - jnp.max(f)))  # exp(dt f / 2) up to a constant
+
+    def step(x):
+        z = d * apply_blocks(d * x, bl)
+        return z / jnp.sum(z)
+
+    return step
+
+
+def _make_step(f, u, v, groups, model, dt):
+    if model == "discrete":
+        return _discrete_step(f, blocks(u, v, groups))
+    uu, vv = _ck_rates(u, v, dt)
+    return _continuous_step(f, blocks(uu, vv, groups), dt)
+
+
+@partial(jax.jit, static_argnames=("generations", "save_every", "groups", "model", "master"))
+def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, model, master):
+    L = len(u)
+    step = _make_step(f, u, v, groups, model, dt)
+
+    def one(x, _):
+        x = step(x)
+        return x, (jnp.dot(f, x), x[master])
+
+    def record(x):
+        return _class_sum(_relabel(x, L, master), L)
+
+    if save_every is None:
+        x, (mf, xm) = jax.lax.scan(one, x0, None, length=generations)
+        classes = None
+    else:
+        nblk, rest = divmod(generations, save_every)
+
+        def blk(x, _):
+            x, ys = jax.lax.scan(one, x, None, length=save_every)
+            return x, (ys, record(x))
+
+        x, ((mf, xm), cl) = jax.lax.scan(blk, x0, None, length=nblk)
+        mf, xm = mf.reshape(-1), xm.reshape(-1)
+        if rest:
+            x, (mf2, xm2) = jax.lax.scan(one, x, None, length=rest)
+            mf, xm = jnp.concatenate([mf, mf2]), jnp.concatenate([xm, xm2])
+        classes = jnp.concatenate([record(x0)[None], cl])
+    mf = jnp.concatenate([jnp.dot(f, x0)[None], mf])
+    xm = jnp.concatenate([x0[master][None], xm])
+    return Trajectory(x, mf, xm, classes)
+
+
+def _check_model(model, dt):
+    if model not in ("discrete", "continuous"):
+        raise QuasirlValueError(f"model must be 'discrete' or 'continuous', got {model!r}")
+    if model == "continuous":
+        d = float(np.asarray(dt)) if is_concrete(dt) else None
+        if d is not None and not (np.isfinite(d) and d > 0):
+            raise QuasirlValueError(f"dt must be a finite number > 0, got {dt!r}")
+
+
+def _initial(x0, f, L, dtype, name="x0"):
+    if x0 is None:
+        return jnp.full((1 << L,), 1.0 / (1 << L), dtype)
+    if np.shape(x0) != (1 << L,):
+        raise QuasirlValueError(f"{name} must have shape (2^L,) = ({1 << L},), got {np.shape(x0)}")
+    if is_concrete(x0):
+        a = np.asarray(x0, dtype=np.float64)
+        check_finite(name, a)
+        check_nonnegative(name, a)
+        if not (a * np.asarray(f, dtype=np.float64)).sum() > 0:
+            raise QuasirlValueError(
+                f"{name} must put mass on a genotype of positive fitness (f . {name} = 0)"
+            )
+    x0 = jnp.asarray(x0, dtype)
+    return x0 / jnp.sum(x0)
+
+
+def evolve(
+    fitness, mu, generations: int, x0=None, *, nu=None, model: str = "discrete",
+    dt: float = 0.1, save_every: int | None = None, master: int = 0, groups=None,
+) -> Trajectory:
+    """Iterate Eigen's quasispecies equation on the 2^L genotypes (a ``lax.scan``).
+
+    model="discrete" (generations): x' = Q diag(f) x / (f . x) (Eigen 1971).
+    model="continuous" (Crow-Kimura, ``generations`` steps of length dt):
+    dx/dt = (diag(f) + G) x - (f . x) x, G = sum_j (site-j generator with rates mu, nu per unit
+    time); each step is the Strang splitting exp(dt F/2) exp(dt G) exp(dt F/2) with exp(dt G)
+    applied exactly as a Kronecker product (error O(dt^2) per unit time).
+    fitness: [2^L] (non-negative); mu, nu: see :func:`mutate`; x0: start (default uniform);
+    save_every=k also records the Hamming-class masses (relative to ``master``) every k steps.
+    """
+    L = check_fitness(fitness)
+    generations = check_count(generations, "generations")
+    if save_every is not None:
+        save_every = check_count(save_every, "save_every", 1)
+    _check_model(model, dt)
+    master = check_master(master, L)
+    dtype = _float_dtype(fitness, mu, nu, x0)
+    f = jnp.asarray(fitness, dtype)
+    u, v = site_rates(mu, nu, L, dtype)
+    g = check_groups(groups, L) or default_groups(L, dtype)
+    x = _initial(x0, f, L, dtype)
+    return _evolve_kernel(f, u, v, x, jnp.asarray(dt, dtype), generations, save_every, g,
+                          model, master)
+
+
+# --------------------------------------------------------------------------------------------
+# stationary state by power iteration
+# --------------------------------------------------------------------------------------------
+class Stationary:
+    """Result of :func:`stationary`; unpacks as ``(distribution, mean_fitness)``.
+
+    distribution: Perron vector of Q diag(f) (sum 1) [2^L]; mean_fitness: f . x (the Perron
+    value); iterations: power steps taken; change: L1 change over the last step; rate: the
+    estimated convergence factor per step |lambda_2 / lambda_1| (spectral gap = 1 - rate);
+    error: estimated L1 distance to the fixed point, change * rate / (1 - rate);
+    converged: error <= tol.
+    """
+
+    __slots__ = ("distribution", "mean_fitness", "iterations", "change", "rate", "error",
+                 "converged")
+
+    def __init__(self, distribution, mean_fitness, iterations, change, rate, error, converged):
+        self.distribution = distribution
+        self.mean_fitness = mean_fitness
+        self.iterations = iterations
+        self.change = change
+        self.rate = rate
+        self.error = error
+        self.converged = converged
+
+    def __iter__(self):
+        return iter((self.distribution, self.mean_fitness))
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return (self.distribution, self.mean_fitness)[i]
+
+    @property
+    def spectral_gap(self):
+        """1 - |lambda_2 / lambda_1| (estimated)."""
+        return 1 - self.rate
+
+    def __repr__(self):
+        return (f"Stationary(mean_fitness={float(self.mean_fitness):.6g}, "
+                f"iterations={int(self.iterations)}, rate={float(self.rate):.6g}, "
+                f"error={float(self.error):.3g}, converged={bool(self.converged)})")
+
+
+jax.tree_util.register_pytree_node(
+    Stationary,
+    lambda s: ((s.distribution, s.mean_fitness, s.iterations, s.change, s.rate, s.error,
+                s.converged), None),
+    lambda _, c: Stationary(*c),
+)
+
+CHECK_EVERY = 8
+MAX_CHEB_ROUNDS = 32
+MAX_CHEB_STEPS = 2048
+
+
+def _amul(weight, bl):
+    """z -> scale * Q diag(weight) z (the scale folded into a block)."""
+
+    def amul(z, scale):
+        return apply_blocks(weight * z, bl, scale)
+
+    return amul
+
+
+def _power(amul, weight, x0, tol, max_iter, accelerate):
+    """Power iteration of x -> A x / (weight . x), A = Q diag(weight), with Chebyshev rounds.
+
+    Plain steps come in blocks of CHECK_EVERY; the L1 change d of the last step of each block
+    is measured, the rate r = (d_k / d_{k-1})^(1/CHECK_EVERY) estimates |lambda_2/lambda_1|,
+    and the distance to the fixed point is estimated by d r / (1 - r). Once r is stable it is
+    frozen, and with ``accelerate`` the iteration alternates Chebyshev rounds (Saad 2011,
+    Numerical Methods for Large Eigenvalue Problems, Alg. 7.1: a polynomial filter that damps
+    the interval [0, b] holding lambda_2..lambda_n, b a little above r lambda_1; valid because
+    the spectrum of Q diag(f) is real and >= 0 when every u_j + v_j <= 1) with plain blocks, so
+    the stopping test is always made on plain power steps.
+    """
+    m = CHECK_EVERY
+    dtype = x0.dtype
+    one = jnp.asarray(1.0, dtype)
+
+    def step(x):
+        return amul(x, 1 / jnp.dot(weight, x))
+
+    def plain(c):
+        x, it, d_old, r_old, nblk, err, frozen, rounds, since = c
+        x = jax.lax.fori_loop(0, m - 1, lambda _, y: step(y), x)
+        xn = step(x)
+        d = jnp.sum(jnp.abs(xn - x))
+        ratio = jnp.where(d_old > 0, d / jnp.where(d_old > 0, d_old, 1), 0.0)
+        r_new = jnp.clip(ratio ** (1.0 / m), 0.0, 1.0)
+        stable = (nblk >= 2) & (jnp.abs(r_new - r_old) <= 0.02 * (1 - r_new))
+        r = jnp.where(frozen, r_old, jnp.where(nblk > 0, r_new, r_old))
+        frozen_n = frozen | (stable & (r_new < 1))
+        have = (nblk > 0) | frozen
+        err = jnp.where(d == 0, 0.0,
+                        jnp.where(have & (r < 1), d * r / jnp.where(r < 1, 1 - r, 1), jnp.inf))
+        return (xn, it + m, d, r, nblk + 1, err.astype(dtype), frozen_n, rounds, since + 1)
+
+    def chebyshev(c):
+        x, it, d, r, nblk, err, frozen, rounds, since = c
+        lam1 = jnp.dot(weight, x)  # the Perron value estimate (x is normalised)
+        b = lam1 * jnp.minimum(r + 0.25 * (1 - r), 0.999)
+        half = b / 2  # interval [0, b]: centre = half width = b / 2
+        sigma1 = half / (lam1 - half)
+        t1 = 1 / sigma1
+        rho = jnp.clip(tol / (10 * jnp.maximum(err, tol)), 1e-30, 0.5)
+        k = jnp.ceil(jnp.arccosh(1 / rho) / jnp.arccosh(t1))
+        k = jnp.clip(k, 8, MAX_CHEB_STEPS).astype(jnp.int32)
+        k = jnp.minimum(k, jnp.maximum(max_iter - it, 1))
+        z1 = (sigma1 / half) * (amul(x, one) - half * x)
+
+        def body(_, carry):
+            zp, z, s = carry
+            s_n = 1 / (2 / sigma1 - s)
+            zn = 2 * (s_n / half) * (amul(z, one) - half * z) - s * s_n * zp
+            return z, zn, s_n
+
+        _, z, _ = jax.lax.fori_loop(1, k, body, (x, z1, sigma1))
+        xn = z / jnp.sum(z)
+        return (xn, it + k, d, r, nblk, err, frozen, rounds + 1, jnp.int32(0))
+
+    def cond(c):
+        it, err = c[1], c[5]
+        return (it < max_iter) & ~(err <= tol)
+
+    def body(c):
+        frozen, rounds, since, err, r = c[6], c[7], c[8], c[5], c[3]
+        go = accelerate & frozen & (since >= 1) & (rounds < MAX_CHEB_ROUNDS) & (r < 0.999)
+        go = go & jnp.isfinite(err)
+        return jax.lax.cond(go, chebyshev, plain, c)
+
+    init = (x0, jnp.int32(0), jnp.asarray(jnp.inf, dtype), one, jnp.int32(0),
+            jnp.asarray(jnp.inf, dtype), jnp.asarray(False), jnp.int32(0), jnp.int32(1))
+    x, it, d, r, _, err, _, rounds, _ = jax.lax.while_loop(cond, body, init)
+    x = jnp.maximum(x, 0)  # rounding-level negatives a Chebyshev round can leave
+    return x / jnp.sum(x), it, d, r, err
+
+
+@partial(jax.jit, static_argnames=("groups", "model", "accelerate"))
+def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, model, accelerate):
+    if model == "discrete":
+        weight, uu, vv = f, u, v
+    else:
+        # iterate w -> K E w with E = exp(dt f) (shifted): the Strang map x -> D K D x is
+        # similar to it, x = D w with D = exp(dt f / 2)
+        uu, vv = _ck_rates(u, v, dt)
+        weight = jnp.exp(dt * (f - jnp.max(f)))
+        d_half = jnp.exp(0.5 * dt * (f - jnp.max(f)))
+        x0 = x0 / d_half
+        x0 = x0 / jnp.sum(x0)
+    ok = accelerate & jnp.all(uu + vv <= 1)  # else the spectrum can be negative
+    amul = _amul(weight, blocks(uu, vv, groups))
+    x, it, d, r, err = _power(amul, weight, x0, tol, max_iter, ok)
+    if model == "continuous":
+        x = d_half * x
+        x = x / jnp.sum(x)
+    return Stationary(x, jnp.dot(f, x), it, d, r, err, err <= tol)
+
+
+def default_tol(dtype) -> float:
+    return 1e-12 if jnp.dtype(dtype).itemsize >= 8 else 1e-5
+
+
+def stationary(
+    fitness, mu, *, nu=None, tol: float | None = None, max_iter: int = 100_000, x0=None,
+    model: str = "discrete", dt: float = 0.1, accelerate: bool = True, groups=None,
+) -> Stationary:
+    """Stationary quasispecies: the Perron vector of Q diag(f) by power iteration.
+
+    Returns a :class:`Stationary` that unpacks as ``(distribution [2^L], mean_fitness)``; its
+    ``mean_fitness`` f . x is the Perron value, and it also reports ``iterations``, the
+    estimated convergence ``rate`` |lambda_2/lambda_1| (the spectral gap is 1 - rate) and the
+    estimated L1 ``error``. Iteration stops when the estimated distance to the fixed point,
+    change * rate / (1 - rate), is at most ``tol`` (default 1e-12 in float64, 1e-5 in
+    float32), or after ``max_iter`` steps (then ``converged`` is False).
+    fitness: [2^L]; mu, nu: see :func:`mutate`; x0: start (default uniform).
+    model="continuous": Crow-Kimura stationary state of the Strang-split step of length dt
+    (an O(dt^2) approximation of the Perron vector of diag(f) + G; see :func:`evolve`).
+    """
+    L = check_fitness(fitness)
+    max_iter = check_count(max_iter, "max_iter", 1)
+    _check_model(model, dt)
+    dtype = _float_dtype(fitness, mu, nu, x0)
+    f = jnp.asarray(fitness, dtype)
+    u, v = site_rates(mu, nu, L, dtype)
+    tol = default_tol(dtype) if tol is None else tol
+    if is_concrete(tol) and not (np.isfinite(tol) and tol > 0):
+        raise QuasirlValueError(f"tol must be a finite number > 0, got {tol!r}")
+    g = check_groups(groups, L) or default_groups(L, dtype)
+    x = _initial(x0, f, L, dtype)
+    return _stationary_kernel(f, u, v, x, jnp.asarray(tol, dtype), jnp.int32(max_iter),
+                              jnp.asarray(dt, dtype), g, model, bool(accelerate))

@@ -1,0 +1,90 @@
+"""Eigen's quasispecies on binary sequences of length L, at scale.
+
+Genotypes are the 2^L integers i; site j is axis j of ``x.reshape([2] * L)`` (bit L-1-j of i)
+and the master sequence is i = 0 (all zeros) unless said otherwise (DESIGN.md "Eigen's model").
+
+* Mutation: per-site rates mu (0 -> 1) and nu (1 -> 0, default mu), scalars or [L];
+  Q = (x)_j [[1-mu_j, nu_j], [mu_j, 1-nu_j]] applied as grouped Kronecker blocks, never as a
+  dense matrix (:func:`mutate`, :func:`default_groups`); its spectrum (1-mu-nu)^k with
+  multiplicity C(L, k) (:func:`mutation_spectrum`).
+* Landscapes [2^L]: :func:`single_peak`, :func:`multiplicative` (Mount Fuji),
+  :func:`rough_mt_fuji`, :func:`nk` (Kauffman), :func:`hamming_landscape` (any function of the
+  distance to the master); :func:`hamming_distance`, :func:`class_distribution`.
+* Dynamics: :func:`evolve` (the generation map x' = Q diag(f) x / f.x, or Crow-Kimura
+  continuous time, as a ``lax.scan``) and :func:`stationary` (the Perron vector by power
+  iteration with a stated tolerance and an estimated spectral gap; unpacks as
+  ``(distribution, mean_fitness)``).
+* The exact (L+1)-class reduction, independent of the Kronecker code and usable to L = 1000:
+  :func:`class_matrix`, :func:`class_stationary`, :func:`class_iterate`; closed forms
+  :func:`swetina_schuster` and :func:`cerf_dalmau`.
+* :func:`error_threshold`: the numeric critical mu beside 1 - sigma^(-1/L).
+* Finite populations: :func:`wright_fisher` (multinomial over genotypes) and
+  :func:`wright_fisher_individuals` (N bit-strings, any L).
+
+Inputs may be numpy or JAX arrays; full-space outputs are JAX arrays, the class reduction
+returns float64 numpy arrays.
+"""
+
+from ._sequence_classes import ClassStationary as ClassStationary
+from ._sequence_classes import cerf_dalmau as cerf_dalmau
+from ._sequence_classes import class_iterate as class_iterate
+from ._sequence_classes import class_matrix as class_matrix
+from ._sequence_classes import class_stationary as class_stationary
+from ._sequence_classes import swetina_schuster as swetina_schuster
+from ._sequence_kron import MutationSpectrum as MutationSpectrum
+from ._sequence_kron import Stationary as Stationary
+from ._sequence_kron import Trajectory as Trajectory
+from ._sequence_kron import class_distribution as class_distribution
+from ._sequence_kron import default_groups as default_groups
+from ._sequence_kron import evolve as evolve
+from ._sequence_kron import hamming_distance as hamming_distance
+from ._sequence_kron import mutate as mutate
+from ._sequence_kron import mutation_spectrum as mutation_spectrum
+from ._sequence_kron import stationary as stationary
+from ._sequence_landscapes import NKTables as NKTables
+from ._sequence_landscapes import hamming_landscape as hamming_landscape
+from ._sequence_landscapes import multiplicative as multiplicative
+from ._sequence_landscapes import nk as nk
+from ._sequence_landscapes import nk_tables as nk_tables
+from ._sequence_landscapes import rough_mt_fuji as rough_mt_fuji
+from ._sequence_landscapes import single_peak as single_peak
+from ._sequence_threshold import Threshold as Threshold
+from ._sequence_threshold import error_threshold as error_threshold
+from ._sequence_threshold import superiority as superiority
+from ._sequence_wf import Population as Population
+from ._sequence_wf import WrightFisher as WrightFisher
+from ._sequence_wf import wright_fisher as wright_fisher
+from ._sequence_wf import wright_fisher_individuals as wright_fisher_individuals
+
+__all__ = [
+    "ClassStationary",
+    "MutationSpectrum",
+    "NKTables",
+    "Population",
+    "Stationary",
+    "Threshold",
+    "Trajectory",
+    "WrightFisher",
+    "cerf_dalmau",
+    "class_distribution",
+    "class_iterate",
+    "class_matrix",
+    "class_stationary",
+    "default_groups",
+    "error_threshold",
+    "evolve",
+    "hamming_distance",
+    "hamming_landscape",
+    "multiplicative",
+    "mutate",
+    "mutation_spectrum",
+    "nk",
+    "nk_tables",
+    "rough_mt_fuji",
+    "single_peak",
+    "stationary",
+    "superiority",
+    "swetina_schuster",
+    "wright_fisher",
+    "wright_fisher_individuals",
+]
