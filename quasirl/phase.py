@@ -9,12 +9,17 @@
 * :func:`boundary` (contour polylines at a level) and :func:`is_convex` are
   :mod:`quasirl.selection`'s helpers, re-exported.
 * Phase diagrams with their theory curves: :func:`mdp_phase_diagram` (optimal-path mass over
-  temperature and exploration noise, T_c(mu) = dr / (-L ln(1 - mu))) and
+  temperature and exploration noise, T_c(mu) = dr / (-L ln(1 - mu))),
+  :func:`eigen_phase_diagram` (master fraction over (mu, sigma) or (mu, L),
+  mu_c = 1 - sigma^(-1/L)) and
   :func:`boost_phase_diagrams` (the selection module's three planes with boundaries, closed
   forms and convexity verdicts).
 """
 
 from ._phase_boost import boost_phase_diagrams as boost_phase_diagrams
+from ._phase_eigen import eigen_critical_mu as eigen_critical_mu
+from ._phase_eigen import eigen_phase_diagram as eigen_phase_diagram
+from ._phase_eigen import steepest_descent as steepest_descent
 from ._phase_geometry import boundary_curve as boundary_curve
 from ._phase_geometry import crossings as crossings
 from ._phase_mdp import critical_temperature as critical_temperature
@@ -35,11 +40,14 @@ __all__ = [
     "boundary_curve",
     "critical_temperature",
     "crossings",
+    "eigen_critical_mu",
+    "eigen_phase_diagram",
     "is_convex",
     "is_vectorizable",
     "mdp_phase_diagram",
     "route_chain",
     "route_mass",
     "route_policy",
+    "steepest_descent",
     "sweep",
 ]

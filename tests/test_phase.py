@@ -397,3 +397,43 @@ def test_boost_phase_bad_arguments():
         phase.boost_phase_diagrams(n=3)
     with pytest.raises(QuasirlValueError, match="rounds must be an integer >= 1"):
         phase.boost_phase_diagrams(rounds=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Eigen's error threshold
+# --------------------------------------------------------------------------------------------
+def test_eigen_phase_boundary_within_2_percent_of_mu_c_at_L20():
+    L = 20
+    sigma = np.geomspace(20.0, 1000.0, 4)
+    mu = np.geomspace(0.05, 0.45, 110)
+    ds = phase.eigen_phase_diagram(mu, sigma=sigma, L=L, backend="loop", progress=False)
+    mu_c = 1 - sigma ** (-1.0 / L)
+    np.testing.assert_allclose(ds["mu_c"], mu_c, rtol=1e-14)
+    np.testing.assert_allclose(ds["mu_boundary"], mu_c, rtol=0.02)
+    # the sequence module's refined search for the same criterion (steepest ln x0)
+    for i in (0, 3):
+        f = np.ones(L + 1)
+        f[0] = sigma[i]
+        ref = qr.sequence.error_threshold(f, space="classes").mu_c
+        np.testing.assert_allclose(ds["mu_boundary"][i], ref, rtol=0.01)
+    # the field: full genotype space (Kronecker kernels) agrees with the class reduction
+    x = qr.sequence.stationary(qr.sequence.single_peak(L, sigma[0]), mu[40])
+    np.testing.assert_allclose(np.asarray(x.distribution)[0], ds["master"][0, 40], rtol=1e-6)
+    # far below threshold the no-back-mutation formula holds; x0 collapses beyond mu_c
+    np.testing.assert_allclose(ds["master"][:, 0], ds["master_theory"][:, 0], rtol=0.05)
+    assert np.all(ds["phi"].values[:, -1] > 0.9)
+
+
+def test_eigen_mu_L_plane_and_bad_arguments():
+    L = np.array([10, 20, 40])
+    ds = phase.eigen_phase_diagram(np.geomspace(0.01, 0.5, 90), L=L, sigma=50.0,
+                                   backend="loop", progress=False)
+    assert ds["mu_boundary"].dims == ("L",) and ds.attrs["plane"] == "L"
+    np.testing.assert_allclose(ds["mu_boundary"][1:], 1 - 50.0 ** (-1.0 / L[1:]), rtol=0.03)
+    assert np.all(np.diff(ds["mu_boundary"].values) < 0)  # longer genomes, lower threshold
+    with pytest.raises(QuasirlValueError, match=r"sigma must be > 1, but sigma\[1\] = 1.0"):
+        phase.eigen_phase_diagram([0.1, 0.2], sigma=[2.0, 1.0], L=10, progress=False)
+    with pytest.raises(QuasirlValueError, match=r"mu must lie in \(0, 0.5\], but mu\[0\] = 0.0"):
+        phase.eigen_phase_diagram([0.0, 0.2], sigma=[2.0], L=10, progress=False)
+    with pytest.raises(QuasirlValueError, match="give an array sigma with a scalar L"):
+        phase.eigen_phase_diagram([0.1, 0.2], sigma=[2.0], L=[10], progress=False)

@@ -13,7 +13,7 @@ EXAMPLE = (
     "Example: quasirl phase --diagram mdp --out quasirl-out/phase   "
     "(on a cluster: --scheduler tcp://127.0.0.1:8786; resumable: --store sweeps/)"
 )
-DIAGRAMS = ("mdp", "boost")
+DIAGRAMS = ("mdp", "eigen", "boost")
 
 
 def _sweep_kw(scheduler, dask, store, name):
@@ -50,6 +50,32 @@ def _mdp(out: Path, quick: bool, L: int, kw: dict) -> dict:
         "max_abs_dev_mass_vs_closed_form": float(np.abs(ds["mass"] - ds["mass_theory"]).max()),
         "figures": ["mdp_phase.png"],
         "data": "mdp_phase.nc",
+    }
+
+
+def _eigen(out: Path, quick: bool, L: int, kw: dict) -> dict:
+    from quasirl import phase, plots
+    from quasirl._phase_sweep import netcdf_engine
+
+    Le = 20
+    mu = np.geomspace(0.01, 0.5, 100 if quick else 240)
+    sigma = np.geomspace(20.0, 1000.0, 4) if quick else np.geomspace(2.0, 1000.0, 24)
+    ds = phase.eigen_phase_diagram(mu, sigma=sigma, L=Le, **kw)
+    ds.to_netcdf(out / "eigen_phase.nc", engine=netcdf_engine())
+    plots.savefig(plots.plot_eigen_phase(ds), out / "eigen_phase.png")
+    rel = np.abs(ds["mu_boundary"].values / ds["mu_c"].values - 1)
+    applies = ds["sigma"].values >= 20
+    return {
+        "diagram": "eigen",
+        "grid": f"{ds.sizes['sigma']}x{ds.sizes['mu']} (sigma, mu), L = {Le}",
+        "backend": ds.attrs["backend"],
+        "theory": "mu_c = 1 - sigma^(-1/L)",
+        "deviation": float(rel[applies].max()),
+        "deviation_kind": "max |mu_boundary / mu_c - 1|",
+        "where": "sigma >= 20",
+        "convex": None,
+        "figures": ["eigen_phase.png"],
+        "data": "eigen_phase.nc",
     }
 
 
@@ -102,7 +128,7 @@ def run_phase(out: Path, diagrams=("mdp",), quick: bool = False, scheduler: str 
     for d in diagrams:
         t0 = time.perf_counter()
         kw = _sweep_kw(scheduler, dask, store, d)
-        got = {"mdp": _mdp, "boost": _boost}[d](out, quick, L, kw)
+        got = {"mdp": _mdp, "eigen": _eigen, "boost": _boost}[d](out, quick, L, kw)
         got = got if isinstance(got, list) else [got]
         for row in got:
             row["seconds"] = (time.perf_counter() - t0) / len(got)
@@ -127,6 +153,8 @@ def register(app: typer.Typer) -> None:
 
         mdp: optimal-path mass over (exploration noise mu, temperature T) on a route chain of
         length L, with the numeric boundary P* = 1/2 and T_c(mu) = dr / (-L ln(1 - mu)).
+        eigen: master-sequence fraction over (mu, sigma) on the single peak at L = 20, with the
+        numeric error threshold and mu_c = 1 - sigma^(-1/L).
         boost: the cherry-picking loop's error over (TPR, FPR), (selection, imitation lam) and
         (selection, intrinsic error mu), with closed-form boundaries and convexity verdicts.
         Writes <diagram>_phase.png, <diagram>_phase.nc and summary.json under --out.

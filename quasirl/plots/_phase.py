@@ -6,7 +6,8 @@ import numpy as np
 
 from ._style import FIELD_CMAP, LINESTYLES, line_colors, new_figure
 
-__all__ = ["plot_boost_phase", "plot_mass_convergence", "plot_mdp_phase", "plot_phase_field"]
+__all__ = ["plot_boost_phase", "plot_eigen_phase", "plot_mass_convergence", "plot_mdp_phase",
+           "plot_phase_field"]
 
 # Theory curves are drawn in white with a dark outline so they read on any part of cividis and
 # in grey scale; numeric boundaries are markers, so the two never look alike.
@@ -197,4 +198,50 @@ def plot_boost_phase(planes, title=None):
     ax3.legend(loc="upper left", fontsize=7, framealpha=0.9)
     fig.suptitle(title or rf"Boosting phase diagrams ($\varepsilon_0={rates.attrs['eps0']:g}$): "
                  "where cherry-picking amplifies")
+    return fig
+
+
+def plot_eigen_phase(ds, rows=None, title=None):
+    """Eigen's error threshold: order parameter phi = -log2(x0)/L over (mu, sigma or L).
+
+    ds: the Dataset of :func:`quasirl.phase.eigen_phase_diagram`. Left: phi (0 = all master,
+    1 = uniform) with the numeric threshold (markers: steepest descent of ln x0) and the theory
+    mu_c = 1 - sigma^(-1/L) (dashed). Right: the master fraction x0 against mu for a few rows
+    (``rows``: indices; default four spread over the parameter), with the no-back-mutation
+    formula x0 = (sigma (1-mu)^L - 1)/(sigma - 1) dotted and mu_c marked.
+    """
+    param = ds.attrs["plane"]
+    fig, axes = new_figure(1, 2, width=4.4, height=3.6)
+    ax, ax2 = axes[0]
+    plot_phase_field(ax, ds["phi"], "mu", param, logx=True, logy=True, vmin=0, vmax=1, fig=fig,
+                     cbar_label=r"order parameter $\phi=-\log_2 x_0/L$")
+    p = ds[param].values.astype(float)
+    _theory_line(ax, ds["mu_c"].values, p, r"theory $\mu_c=1-\sigma^{-1/L}$")
+    _boundary_points(ax, ds["mu_boundary"].values, p, label=r"numeric (steepest $\ln x_0$)")
+    ax.set_xlabel(r"per-site error rate $\mu$")
+    if param == "sigma":
+        ax.set_ylabel(r"selective advantage $\sigma$ of the master")
+        sub = rf"$L={ds.attrs['L']}$"
+    else:
+        ax.set_ylabel("sequence length $L$")
+        sub = rf"$\sigma={ds.attrs['sigma']:g}$"
+    ax.set_title(f"Error threshold, single peak, {sub}")
+    ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+
+    rows = np.linspace(0, p.size - 1, 4).round().astype(int) if rows is None else rows
+    colors = line_colors(len(rows))
+    mu = ds["mu"].values
+    for c, i in zip(colors, rows, strict=True):
+        x0 = ds["master"].isel({param: int(i)}).values
+        lab = rf"$\sigma={p[i]:.4g}$" if param == "sigma" else rf"$L={p[i]:g}$"
+        ax2.loglog(mu, x0, color=c, label=lab)
+        th = ds["master_theory"].isel({param: int(i)}).values
+        ax2.loglog(mu[th > 0], th[th > 0], color=c, ls=":", lw=1.2)
+        ax2.axvline(float(ds["mu_c"].values[i]), color=c, ls="--", lw=0.8)
+    ax2.set_ylim(max(float(ds["master"].min()), 1e-12), 1.5)
+    ax2.set_xlabel(r"per-site error rate $\mu$")
+    ax2.set_ylabel(r"master fraction $x_0$")
+    ax2.set_title("Master fraction (dotted: Eigen's formula)")
+    ax2.legend(loc="lower left", fontsize=7)
+    fig.suptitle(title or "Eigen's error threshold as a phase diagram")
     return fig
