@@ -142,6 +142,7 @@ def eigen_phase_diagram(mu, sigma=None, L=None, level: float = 0.5, **sweep_kw):
         Ls = V.check_horizon(L, "L")
         if Ls < 1:
             raise V.QuasirlValueError(f"L must be >= 1, got {Ls}")
+        sweep_kw.setdefault("tag", f"single peak, class reduction, L={Ls}")
         ds = sweep(_fixed_L(Ls), sigma=s, mu=mu, **sweep_kw)
         param, sig, Lg = "sigma", s[:, None], float(Ls)
         mu_c = eigen_critical_mu(s, Ls)
@@ -152,6 +153,7 @@ def eigen_phase_diagram(mu, sigma=None, L=None, level: float = 0.5, **sweep_kw):
             raise V.QuasirlValueError(f"L must be integers >= 1, got {L!r}")
         if not (np.isfinite(sigma) and sigma > 1):
             raise V.QuasirlValueError(f"sigma must be > 1, got {sigma!r}")
+        sweep_kw.setdefault("tag", f"single peak, class reduction, sigma={float(sigma)!r}")
         ds = sweep(_fixed_sigma(float(sigma)), L=Larr.astype(np.int64), mu=mu, **sweep_kw)
         param, sig, Lg = "L", float(sigma), Larr[:, None].astype(float)
         mu_c = eigen_critical_mu(sigma, Larr)

@@ -180,6 +180,7 @@ def mdp_phase_diagram(T, mu, L: int = 20, delta_r: float = 1.0, n_actions: int =
         mdp = base.replace(policy=route_policy(L, mu, A, base.prob.dtype))
         return {"mass": evolve(mdp, T, H).population[L]}
 
+    sweep_kw.setdefault("tag", f"route chain L={L} delta_r={float(delta_r)!r} A={A} H={H}")
     ds = sweep(optimal_mass, mu=np.asarray(mu, dtype=float), T=np.asarray(T_arr), **sweep_kw)
     ds["mass_theory"] = (("mu", "T"), route_mass(ds.T.values[None, :], ds.mu.values[:, None],
                                                   L, delta_r))

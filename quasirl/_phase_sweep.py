@@ -179,10 +179,11 @@ def _fn_id(fn) -> str:
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
 
 
-def _manifest(fn, axes, chunk_size, name) -> dict:
+def _manifest(fn, axes, chunk_size, name, tag) -> dict:
     return {
         "format": STORE_FORMAT,
         "fn": _fn_id(fn),
+        "tag": tag,
         "name": name,
         "chunk_size": int(chunk_size),
         "axes": {k: v.tolist() for k, v in axes.items()},
@@ -200,7 +201,7 @@ def _open_store(store, manifest) -> Path:
             old = json.loads(mpath.read_text())
         except json.JSONDecodeError as exc:
             raise QuasirlValueError(f"store {str(path)!r} has an unreadable {MANIFEST}") from exc
-        for key in ("format", "fn", "name", "chunk_size", "axes"):
+        for key in ("format", "fn", "tag", "name", "chunk_size", "axes"):
             if old.get(key) != manifest[key]:
                 raise QuasirlValueError(
                     f"store {str(path)!r} holds a different sweep ({key} differs: stored "
@@ -312,8 +313,8 @@ def _jax_x64() -> bool:
 # --------------------------------------------------------------------------------------------
 def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=None,
           store=None, chunk_size: int | None = None, progress: bool = True,
-          name: str = "value", n_workers: int = 1, threads_per_worker: int = 2,
-          **more_axes):
+          name: str = "value", tag: str | None = None, n_workers: int = 1,
+          threads_per_worker: int = 2, **more_axes):
     """Evaluate ``fn(**point)`` on the Cartesian product of the axes -> ``xarray.Dataset``.
 
     Axes are keyword arguments (``sweep(fn, T=Ts, mu=mus)``) or a mapping ``axes=``; each is a
@@ -333,8 +334,10 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
       "auto"  "dask" if a scheduler is given, else "vmap" if fn traces under vmap, else "dask".
     store: a folder; each finished chunk is written there at once (netCDF), and a
       rerun with the same store computes only the chunks that are missing (interrupted sweeps
-      resume). The store records fn's qualified name, the axes and the chunk size, and refuses a
-      different sweep; it cannot see edits to fn's code, so use a fresh folder after a change.
+      resume). The store records fn's qualified name, ``tag``, the axes and the chunk size, and
+      refuses a different sweep. It cannot see inside fn: pass ``tag`` = a string naming what
+      else fn depends on (the parameters a closure captures), and use a fresh folder after
+      editing fn's code.
     chunk_size: points per chunk (default ceil(N / 8), at most 1024). progress: a tqdm bar.
 
     Dask pickles fn (cloudpickle) even for the in-process cluster: module-level functions
@@ -389,7 +392,9 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
     root = None
     results: dict[int, dict] = {}
     if store is not None:
-        root = _open_store(store, _manifest(fn, ax, chunk_size, name))
+        if tag is not None and not isinstance(tag, str):
+            raise QuasirlValueError(f"tag must be a string or None, got {type(tag).__name__}")
+        root = _open_store(store, _manifest(fn, ax, chunk_size, name, tag))
         for c, (a, b) in enumerate(bounds):
             got = _read_chunk(root, c, a, b)
             if got is not None:

@@ -111,6 +111,18 @@ def test_sweep_on_dask_resumes_after_a_crash_without_recomputing(tmp_path):
     xr.testing.assert_allclose(stored["v"], ds["v"])
     with pytest.raises(QuasirlValueError, match="holds a different sweep"):
         phase.sweep(_counting, x=x, y=y[:-1], backend="loop", store=store, progress=False)
+    with pytest.raises(QuasirlValueError, match=r"holds a different sweep \(tag differs"):
+        phase.sweep(_counting, x=x, y=y, backend="loop", store=store, tag="v2", progress=False)
+
+
+def test_phase_diagram_store_resumes_and_knows_its_parameters(tmp_path):
+    T, mu = np.geomspace(0.05, 2.0, 6), np.linspace(0.1, 0.4, 4)
+    a = phase.mdp_phase_diagram(T, mu, L=6, store=tmp_path / "s", progress=False)
+    b = phase.mdp_phase_diagram(T, mu, L=6, store=tmp_path / "s", progress=False)
+    assert b.attrs["chunks_computed"] == 0 and b.attrs["chunks_loaded"] == a.attrs["n_chunks"]
+    xr.testing.assert_identical(a["mass"], b["mass"])
+    with pytest.raises(QuasirlValueError, match="tag differs"):  # L=7 must not reuse L=6
+        phase.mdp_phase_diagram(T, mu, L=7, store=tmp_path / "s", progress=False)
 
 
 SLOW_FN = """
