@@ -20,8 +20,15 @@ from ._harness import rel_err, time_jax, timed_row
 
 
 def run(ceil, *, side=5, max_horizon=12, T=0.5, repeats=3, limit=2_000_000):
-    from quasirl import paths
+    try:
+        from quasirl import paths
+    except ImportError:  # the paths issue's modules before quasirl/paths.py re-exports them
+        from types import SimpleNamespace
 
+        from quasirl import _paths_dp, _paths_graph
+
+        paths = SimpleNamespace(count_paths=_paths_graph.count_paths,
+                                path_integral=_paths_dp.path_integral)
     mdp = qr.gridworld(side, side, dtype=np.float32)
     S, E = mdp.num_states, acc.live_transitions(mdp)
     Tj = jnp.asarray(T, jnp.float32)
