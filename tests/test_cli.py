@@ -47,3 +47,73 @@ def test_converge_bad_arguments_are_one_line(capsys):
     assert err == "error: --mdp must be one of gridworld, chain, random, got 'torus'"
     assert main(["converge", "--horizon", "-1", "--out", "/tmp/unused-quasirl"]) == 2
     assert capsys.readouterr().err.strip() == "error: horizon must be >= 0, got -1"
+
+
+def test_phase_cli_writes_every_diagram(tmp_path, capsys):
+    import xarray as xr
+
+    assert main(["phase", "--quick", "--out", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["diagram"]: r for r in s["diagrams"]}
+    assert set(rows) == {"mdp", "eigen", "boost/rates", "boost/imitation", "boost/intrinsic"}
+    assert rows["mdp"]["deviation"] < 0.10 and rows["eigen"]["deviation"] < 0.02
+    assert rows["boost/rates"]["ideal_limit_exact_dev"] == 0.0
+    for name in ("mdp_phase.png", "eigen_phase.png", "boost_phase.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    ds = xr.open_dataset(tmp_path / "mdp_phase.nc").load()
+    np.testing.assert_allclose(ds["mass"], ds["mass_theory"], rtol=1e-9, atol=1e-12)
+    assert "numeric boundary vs theory" in capsys.readouterr().out
+    assert main(["phase", "--diagram", "mdp,nope", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --diagram must be among mdp, eigen, boost or all, got 'nope'")
+
+
+# Every subcommand, small parameters: (arguments, a bad argument that must give one line).
+SUBCOMMANDS = {
+    "demo": (["--quick", "--horizon", "8"], ["--horizon", "-3"]),
+    "converge": (["--quick", "--mdp", "chain"], ["--mdp", "torus"]),
+    "paths": (["--quick"], ["--horizon", "99"]),
+    "boost": (["--quick"], ["--tpr", "1.5"]),
+    "phase": (["--quick", "--diagram", "boost"], ["--diagram", "nope"]),
+    "bench": (["--quick", "--only", "B5"], ["--only", "nope"]),
+    "lm calibrate": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
+    "lm transfer": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
+    "lm run": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
+    "lm validate": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
+}
+
+
+def _check_outputs(cmd, out):
+    pngs = sorted(out.rglob("*.png"))
+    assert pngs, f"{cmd} wrote no figure"
+    for p in pngs:
+        assert p.stat().st_size > 5_000, f"{cmd}: {p.name} is nearly empty"
+    assert list(out.rglob("*.json")) or list(out.rglob("*.nc")), f"{cmd} wrote no data"
+
+
+def test_every_subcommand_runs_small_and_fails_in_one_line(tmp_path, capsys):
+    from quasirl.cli import app
+
+    registered = {c.name for c in app.registered_commands}
+    for group in app.registered_groups:
+        registered |= {f"{group.name} {c.name}" for c in group.typer_instance.registered_commands}
+    assert set(SUBCOMMANDS) <= registered
+    for cmd in sorted(registered):
+        capsys.readouterr()
+        assert main([*cmd.split(), "--help"]) == 0
+        help_text = capsys.readouterr().out
+        assert "Example" in help_text, f"{cmd} --help shows no example"
+        out = tmp_path / cmd.replace(" ", "_")
+        if cmd not in SUBCOMMANDS:
+            # a subcommand added after this table: its --quick mode must still write figures
+            assert "--quick" in help_text, f"{cmd} has no --quick mode; add it to SUBCOMMANDS"
+            assert main([*cmd.split(), "--quick", "--out", str(out)]) == 0, cmd
+            _check_outputs(cmd, out)
+            continue
+        good, bad = SUBCOMMANDS[cmd]
+        assert main([*cmd.split(), *good, "--out", str(out)]) == 0, cmd
+        _check_outputs(cmd, out)
+        capsys.readouterr()
+        assert main([*cmd.split(), *bad, "--out", str(tmp_path / "bad")]) == 2, cmd
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, f"{cmd}: {err!r}"
