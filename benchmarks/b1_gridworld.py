@@ -59,16 +59,16 @@ def fb_rows(name, mdp, T, horizon, ceil, *, repeats, numpy_steps, numpy_repeats=
     B = len(T)
     Tj = jnp.asarray(T)
 
-    def total(r, h):
-        return jnp.sum(qr.free_energy(mdp.replace(reward=r), Tj, h))
+    def total(r, m, t, h):  # the MDP is an argument: closed-over arrays would be constants
+        return jnp.sum(qr.free_energy(m.replace(reward=r), t, h))
 
-    vg = jax.jit(jax.value_and_grad(total), static_argnums=1)
-    (_, g), tq = time_jax(lambda: vg(mdp.reward, horizon), repeats=repeats)
+    vg = jax.jit(jax.value_and_grad(total), static_argnums=3)
+    (_, g), tq = time_jax(lambda: vg(mdp.reward, mdp, Tj, horizon), repeats=repeats)
     hn = min(numpy_steps, horizon)
     tab = ref.pull_tables(mdp, dt)
     (_, gn), tn = time_numpy(lambda: ref.forward_backward(tab, T, hn, mdp.shape),
                              repeats=numpy_repeats)
-    g_short = g if hn == horizon else vg(mdp.reward, hn)[1]
+    g_short = g if hn == horizon else vg(mdp.reward, mdp, Tj, hn)[1]
     counts = acc.scaled(acc.added(acc.forward_step(S, E, B, dt.itemsize),
                                   acc.backward_step(S, E, B, dt.itemsize)), horizon)
     return timed_row(
