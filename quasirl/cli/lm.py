@@ -65,14 +65,15 @@ def _print_calibration(cal: dict, console) -> None:
 
     t = Table(title=f"Exp 1 evaluator ROC: eps = {_fmt_ci(cal['eps'], cal['eps_ci'])} "
                     f"({cal['n_samples']} samples, {cal['n_queries']} queries)")
-    for col in ("signal", "AUROC [95%]", "TPR", "FPR", "w pred", "w obs", "Bayes check"):
+    for col in ("signal", "AUROC [95%]", "TPR", "FPR", "w pred", "w obs",
+                "Bayes check [95% pred.]"):
         t.add_column(col, justify="right")
     for s, d in cal["signals"].items():
         b = d["bayes"]
         t.add_row(s, _fmt_ci(d["auroc"], d["auroc_ci"]), f"{d['tpr']:.3f}", f"{d['fpr']:.3f}",
                   f"{b['w_predicted']:.3f}", f"{b['w_observed']:.3f}",
-                  f"{_verdict(b['pass'])} (w obs in [{b['w_predictive'][0]:.3f}, "
-                  f"{b['w_predictive'][1]:.3f}]?)")
+                  f"{_verdict(b['pass'])} [{b['w_predictive'][0]:.2f}, "
+                  f"{b['w_predictive'][1]:.2f}]")
     console.print(t)
 
 
@@ -241,6 +242,9 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                  backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
                  signal: str = typer.Option("likelihood", help="fitness signal of the "
                                                                "filtered arm"),
+                 signals: str = typer.Option("yesno,scale5,likelihood,gold",
+                                             help="signals measured in Exp 1 (a server that "
+                                                  "cannot score prompts: likelihood,gold)"),
                  acceptance: str = typer.Option("hard", help="hard | soft"),
                  rounds: int = typer.Option(3, help="selection rounds"),
                  queries: int = typer.Option(30, help="fresh queries per round (Exp 3)"),
@@ -257,7 +261,9 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     if quick:
         sizes = {"exp1_queries": 10, "exp2_queries": 6, "exp2_samples": 1, "n_boot": 200}
         rounds, queries, samples = 2, 4, 2
-    res = V.validate(lm, t, out, signal=signal, acceptance=acceptance, rounds=rounds,
+    sig = tuple(x.strip() for x in signals.split(",") if x.strip())
+    res = V.validate(lm, t, out, signal=signal, signals=sig, acceptance=acceptance,
+                     rounds=rounds,
                      queries_per_round=queries, samples_per_query=samples,
                      temperature=temperature, seed=seed, progress_factory=_progress,
                      **sizes)

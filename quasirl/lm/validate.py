@@ -6,9 +6,9 @@ Three experiments, each resumable from its JSONL records and each with a pass/fa
   demonstrations; their error rate eps (the loop's round 0), and for each fitness signal the
   AUROC, the operating threshold (chosen on a calibration half of the queries), TPR and FPR on
   the held-out half, and a one-step Bayes check: the wrong fraction among accepted answers that
-  the calibration half predicts, w = eps FPR / (eps FPR + (1 - eps) TPR), against the one
-  observed on the held-out half. Pass: the observed w lies in its 95% predictive interval
-  (Binomial(n accepted, w) with w drawn from the calibration half's bootstrap).
+  one quarter of the queries predicts, w = eps FPR / (eps FPR + (1 - eps) TPR), against the one
+  observed on another quarter (both held out from the threshold choice, so the check carries
+  no selection optimism). Pass: the observed w lies in its 95% predictive interval.
 * **Exp 2, transfer function** (:func:`transfer`): contexts of k pairs with an exact wrong
   fraction b; eps_next = g(b) and the fit g(b) = (1 - lam) eps* + lam b. Pass: the line fits
   (chi-square goodness of fit, p > 0.05).
@@ -180,6 +180,48 @@ def _split_halves(qids, split: float, seed: int) -> np.ndarray:
     return np.isin(np.asarray(qids), uq[perm[:n_cal]])
 
 
+def _bayes_check(acc, correct, b1, b2, w_b1, seed) -> dict:
+    """One-step Bayes check: w predicted from the rates on B1, observed on B2.
+
+    Prediction draws: a cluster bootstrap of B1's queries, each replicate's rates drawn from
+    their Jeffreys posteriors Beta(k + 1/2, n - k + 1/2) (so a rate observed as 0 / n still
+    carries uncertainty). The observed wrong count among B2's accepted answers is compared
+    with its predictive distribution Binomial(n accepted, w). Pass: inside the central 95%.
+    """
+    wrong = ~correct
+    rng = np.random.default_rng(seed)
+
+    def counts(w):
+        return (w @ (acc * correct), w @ correct.astype(float), w @ (acc * wrong),
+                w @ wrong.astype(float))
+
+    tp, npos, fp, nneg = (x[0] for x in counts(b1.astype(float)[None, :]))
+    w_pred = float(_bayes_w(nneg / (npos + nneg), tp / npos, fp / nneg)) \
+        if npos and nneg else float("nan")
+    tp_d, npos_d, fp_d, nneg_d = counts(w_b1)
+    ok = (npos_d > 0) & (nneg_d > 0)
+    tpr_d = rng.beta(tp_d[ok] + 0.5, npos_d[ok] - tp_d[ok] + 0.5)
+    fpr_d = rng.beta(fp_d[ok] + 0.5, nneg_d[ok] - fp_d[ok] + 0.5)
+    eps_d = rng.beta(nneg_d[ok] + 0.5, npos_d[ok] + 0.5)
+    w_pred_d = _bayes_w(eps_d, tpr_d, fpr_d)
+    n_acc = float((acc * b2).sum())
+    n_wrong = float((acc * wrong * b2).sum())
+    w_obs = n_wrong / n_acc if n_acc else float("nan")
+    n_int = int(round(n_acc))
+    if n_int and w_pred_d.size:
+        sim = rng.binomial(n_int, np.clip(w_pred_d, 0, 1)) / n_int
+        interval = percentile_ci(sim)
+    else:
+        interval = (np.nan, np.nan)
+    ok_all = np.isfinite(interval).all() and np.isfinite(w_obs)
+    return {"w_predicted": w_pred, "w_predicted_ci": _ci(percentile_ci(w_pred_d))
+            if w_pred_d.size else [np.nan, np.nan], "w_predictive": _ci(interval),
+            "w_observed": w_obs, "w_observed_wilson": _ci(wilson(n_wrong, n_acc)),
+            "accepted_observed": n_acc, "n_predict_samples": int(b1.sum()),
+            "n_observe_samples": int(b2.sum()),
+            "pass": bool(interval[0] <= w_obs <= interval[1]) if ok_all else None}
+
+
 def _bayes_w(eps, tpr, fpr):
     """Wrong fraction among accepted answers (vectorised): eps FPR / (eps FPR + (1-eps) TPR)."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -215,6 +257,15 @@ def analyze_calibration(records: Sequence[dict], signals=None, *, threshold="you
     w_hold = np.zeros((n_boot, qids.size))
     w_cal[:, cal] = cluster_weights(qids[cal], n_boot, sample_seed(seed, 2))[0]
     w_hold[:, hold] = cluster_weights(qids[hold], n_boot, sample_seed(seed, 3))[0]
+    # the Bayes check predicts from one half of the held-out queries (B1) and observes on the
+    # other (B2): both are independent of the threshold chosen on the calibration half
+    held = np.unique(qids[hold])
+    order = np.random.default_rng(sample_seed(seed, 4)).permutation(held.size)
+    b1 = hold & np.isin(qids, held[order[: held.size // 2]])
+    b2 = hold & ~b1
+    w_b1 = np.zeros((n_boot, qids.size))
+    if b1.any():
+        w_b1[:, b1] = cluster_weights(qids[b1], n_boot, sample_seed(seed, 6))[0]
 
     eps = ratio(wrong, ones)
     eps_draws = ratio(wrong, ones, w_all)
@@ -250,27 +301,10 @@ def analyze_calibration(records: Sequence[dict], signals=None, *, threshold="you
                 e = wsum(wrong.astype(float)) / wsum(ones.astype(float))
             return tpr, fpr, w_obs, e
 
-        mc, mh = cal.astype(float), hold.astype(float)
-        tpr_c, fpr_c, _, eps_c = rates(mc[None, :])
-        tpr_h, fpr_h, w_h, eps_h = rates(mh[None, :])
-        tpr_cd, fpr_cd, _, eps_cd = rates(w_cal)
-        tpr_hd, fpr_hd, w_hd, _ = rates(w_hold)
-        w_pred = _bayes_w(eps_c[0], tpr_c[0], fpr_c[0])
-        w_pred_d = _bayes_w(eps_cd, tpr_cd, fpr_cd)
-        diff_ci = percentile_ci(w_hd - w_pred_d)
-        n_acc_h = float((acc * mh).sum())
-        n_acc_wrong_h = float((acc * wrong * mh).sum())
-        # predictive interval of the held-out w: the wrong count among the n accepted answers is
-        # Binomial(n, w) with w drawn from the calibration half's bootstrap
-        n_int = max(int(round(n_acc_h)), 0)
-        ok_d = np.isfinite(w_pred_d)
-        if n_int and ok_d.any():
-            rng = np.random.default_rng(sample_seed(seed, 5, len(roc)))
-            sim = rng.binomial(n_int, np.clip(w_pred_d[ok_d], 0, 1)) / n_int
-            w_int = percentile_ci(sim)
-        else:
-            w_int = (np.nan, np.nan)
-        w_h0 = float(w_h[0])
+        mh = hold.astype(float)
+        tpr_h, fpr_h, _, _ = rates(mh[None, :])
+        tpr_hd, fpr_hd, _, _ = rates(w_hold)
+        bayes = _bayes_check(acc, correct, b1, b2, w_b1, sample_seed(seed, 5, len(roc)))
         fr, tr, ths = roc_curve(f, correct)
         roc[s] = {"fpr": fr, "tpr": tr}
         summary["signals"][s] = {
@@ -281,15 +315,7 @@ def analyze_calibration(records: Sequence[dict], signals=None, *, threshold="you
             "accept_rate_heldout": float(acc[hold].mean()),
             "mean_fitness_correct": float(f[correct].mean()) if correct.any() else None,
             "mean_fitness_wrong": float(f[wrong].mean()) if wrong.any() else None,
-            "bayes": {"w_predicted": float(w_pred), "w_predicted_ci": _ci(
-                percentile_ci(w_pred_d)), "w_observed": float(w_h[0]),
-                "w_observed_ci": _ci(percentile_ci(w_hd)),
-                "w_observed_wilson": _ci(wilson(n_acc_wrong_h, n_acc_h)),
-                "w_predictive": _ci(w_int), "accepted_heldout": n_acc_h,
-                "diff_ci": _ci(diff_ci), "eps_calibration": float(eps_c[0]),
-                "eps_heldout": float(eps_h[0]),
-                "pass": bool(w_int[0] <= w_h0 <= w_int[1])
-                if np.isfinite(w_int).all() and np.isfinite(w_h0) else None},
+            "bayes": bayes,
         }
         draws[s] = {"tpr": tpr_hd, "fpr": fpr_hd}
     return Calibration(summary=summary, draws=draws, roc=roc)

@@ -24,8 +24,10 @@ def _err(x, lo, hi):
 
 
 def calibration_figure(cal: dict):
-    """Exp 1: ROC curve of each fitness signal (AUROC with 95% CI in the legend), and the
-    one-step Bayes check: predicted vs observed wrong fraction w among accepted answers."""
+    """Exp 1: ROC curve of each fitness signal (AUROC with 95% CI in the legend; markers: the
+    operating point on the held-out half), and the one-step Bayes check: the wrong fraction w
+    among accepted answers predicted from one held-out quarter against the one observed on the
+    other."""
     fig, axes = new_figure(1, 2, width=4.6, height=3.7)
     ax, bx = axes[0]
     sigs = list(cal["signals"])
@@ -50,11 +52,11 @@ def calibration_figure(cal: dict):
         o, olo, ohi = bay["w_observed"], *bay["w_observed_wilson"]
         if np.isfinite(p):
             bx.errorbar(x[i] - 0.1, p, yerr=_err(p, plo, phi), fmt="s", color="0.55",
-                        capsize=3, label="predicted, 95% predictive (calibration half)" if i == 0
+                        capsize=3, label="predicted from quarter B1 (95% predictive)" if i == 0
                         else None)
         if np.isfinite(o):
             bx.errorbar(x[i] + 0.1, o, yerr=_err(o, olo, ohi), fmt="o", color="k",
-                        capsize=3, label="observed, Wilson 95% (held-out half)" if i == 0 else None)
+                        capsize=3, label="observed on quarter B2 (Wilson 95%)" if i == 0 else None)
         verdict = {True: "pass", False: "FAIL", None: "n/a"}[bay["pass"]]
         bx.annotate(verdict, (x[i], 1.0), ha="center", va="bottom", fontsize=7,
                     xycoords=("data", "axes fraction"))
@@ -100,8 +102,9 @@ def transfer_figure(tr: dict):
 def trajectory_figure(traj: dict):
     """Exp 3: predicted eps_n per arm (line, parameter band dark, predictive band light) and the
     observed eps_n with Wilson 95% intervals."""
-    arms = list(traj["arms"])
-    fig, axes = new_figure(1, len(arms), width=2.9, height=3.2, sharey=True)
+    order = ("filtered", "unfiltered", "random", "oracle")
+    arms = sorted(traj["arms"], key=lambda a: order.index(a) if a in order else len(order))
+    fig, axes = new_figure(1, len(arms), width=2.9, height=3.5, sharey=True)
     axes = np.atleast_1d(axes).ravel()
     pred = traj["prediction"]["arms"]
     for ax, arm in zip(axes, arms, strict=True):
@@ -115,11 +118,14 @@ def trajectory_figure(traj: dict):
         lo, hi = (np.asarray(x) for x in o["wilson"])
         ax.errorbar(m, obs, yerr=_err(obs, lo, hi), fmt="o-", color="k", capsize=3, ms=4,
                     label="observed (Wilson 95%)")
-        ax.set_title(f"{arm}  ({o.get('coverage', '')})" if "coverage" in o else arm)
+        inside = sum(o["covered"])
+        ax.set_title(f"{arm} ({inside}/{len(o['covered'])} inside predictive band)",
+                     fontsize=8.5)
         ax.set_xlabel("round n")
         ax.set_xticks(n)
     axes[0].set_ylabel("eps_n = P(wrong answer)")
-    axes[0].legend(fontsize=6.5, loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7)
     p = traj.get("p_value")
     fig.suptitle(f"chaining trajectory, signal: "
                  f"{_SIGNAL_NAMES.get(traj['prediction']['signal'], '')}; chi2 p = "
