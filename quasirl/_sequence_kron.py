@@ -109,7 +109,7 @@ def _check_rate_array(rate, name: str, L: int):
         if bad.any():
             i = int(np.argwhere(bad)[0][0])
             where = f"{name}[{i}]" if a.ndim == 1 else name
-            raise QuasirlValueError(f"{name} must be in [0, 1], but {where} = {af[i]!r}")
+            raise QuasirlValueError(f"{name} must be in [0, 1], but {where} = {af[i].item()!r}")
     elif jnp.ndim(rate) > 1 or (jnp.ndim(rate) == 1 and jnp.shape(rate)[0] != L):
         raise QuasirlValueError(f"{name} must be a scalar or have shape ({L},)")
 
@@ -146,16 +146,18 @@ def check_master(master, L: int) -> int:
 def default_groups(L: int, dtype=None) -> tuple[int, ...]:
     """Default split of the L sites into Kronecker blocks (in site order).
 
-    Blocks of at most g_max sites, as equal as possible: g_max = 6 in float32 and 4 in float64
-    on CPUs (the matrix products are then compute-bound at the rate the CPU sustains), 8 on
-    GPUs (bandwidth-bound: fewer, larger blocks). Measured in benchmarks/bench_sequence.py.
+    Blocks of at most g_max sites, as equal as possible: g_max = 5 in float32 and 4 in float64
+    on CPUs, 8 on GPUs. A block of g sites costs 2^(g+1) flops per entry in one pass over the
+    vector, so larger blocks trade flops for passes; on the 2-core CPU these were measured
+    (benchmarks/bench_sequence.py --tune) the products are compute-bound from g = 5 (float32)
+    and g = 4 (float64) on. GPUs are bandwidth-bound: fewer, larger blocks.
     """
     L = check_L(L)
     dt = jnp.dtype(dtype if dtype is not None else jnp.result_type(float))
     if jax.default_backend() != "cpu":
         gmax = 8
     else:
-        gmax = 6 if dt.itemsize <= 4 else 4
+        gmax = 5 if dt.itemsize <= 4 else 4
     n = -(-L // gmax)
     base, extra = divmod(L, n)
     return tuple([base + 1] * extra + [base] * (n - extra))

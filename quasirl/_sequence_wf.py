@@ -277,7 +277,7 @@ def wright_fisher_individuals(
             if bad.any():
                 i = tuple(int(t) for t in np.argwhere(bad)[0])
                 raise QuasirlValueError(
-                    f"genomes0 must hold bits 0/1, but genomes0{list(i)} = {a[i]!r}"
+                    f"genomes0 must hold bits 0/1, but genomes0{list(i)} = {a[i].item()!r}"
                 )
         g0 = g0.astype(jnp.uint8)
     if generations == 0:
