@@ -73,6 +73,7 @@ SUBCOMMANDS = {
     "demo": (["--quick", "--horizon", "8"], ["--horizon", "-3"]),
     "converge": (["--quick", "--mdp", "chain"], ["--mdp", "torus"]),
     "paths": (["--quick"], ["--horizon", "99"]),
+    "eigen": (["--quick"], ["--sigma", "0.5"]),
     "boost": (["--quick"], ["--tpr", "1.5"]),
     "phase": (["--quick", "--diagram", "boost"], ["--diagram", "nope"]),
     "bench": (["--quick", "--only", "B5"], ["--only", "nope"]),
