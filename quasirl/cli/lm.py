@@ -178,7 +178,9 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     if use_exp1:
         from quasirl.lm import read_records
 
-        answers = V.bank_from_records(read_records(exp1)[1])
+        answers, note = V.exp2_bank(read_records(exp1)[1], k)
+        if answers is None:
+            print(f"Exp 2 contexts: {note}", file=sys.stderr)
     recs = V.collect_transfer(lm, t, bs=bvals, k=k, n_queries=queries, samples_per_query=samples,
                               temperature=temperature, seed=seed, bank=answers,
                               records=out / "exp2_transfer.jsonl",

@@ -106,6 +106,8 @@ def ratio(num_mask, den_mask, weights=None):
 def percentile_ci(draws, level: float = 0.95):
     """Percentile interval of bootstrap draws (NaN draws ignored); (lo, hi)."""
     d = np.asarray(draws, dtype=np.float64)
+    if not np.isfinite(d).any():  # e.g. a rate with no samples of its class
+        return (float("nan"), float("nan"))
     a = (1 - level) / 2
     return (float(np.nanquantile(d, a)), float(np.nanquantile(d, 1 - a)))
 

@@ -362,6 +362,18 @@ def bank_from_records(records: Sequence[dict]) -> list[tuple[str, str, bool]]:
     return out
 
 
+def exp2_bank(records: Sequence[dict], k: int) -> tuple[list | None, str]:
+    """The model's own Exp 1 answers as Exp 2's context bank, or (None, reason) when they hold
+    too few distinct items with a right or a wrong answer to fill k pairs of either kind."""
+    answers = bank_from_records(records)
+    n_ok = len({i for i, _, c in answers if c})
+    n_bad = len({i for i, _, c in answers if not c})
+    if min(n_ok, n_bad) <= k:
+        return None, (f"gold (Exp 1 gave {n_ok} items with a right and {n_bad} with a wrong "
+                      f"answer; k = {k} needs more than k of each)")
+    return answers, "exp1"
+
+
 def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: int = 4,
                      n_queries: int = 60, samples_per_query: int = 2,
                      temperature: float = 1.0, n_demos: int = 8, bank=None,
@@ -571,7 +583,14 @@ def predict_trajectory(calibration: Calibration, transfer: Transfer, *, signal: 
     deff = 1.0 + (samples_per_query - 1) * s["icc"]
     t = transfer.summary
     d_eps = calibration.draws["eps"]
-    d_tpr, d_fpr = calibration.draws[signal]["tpr"], calibration.draws[signal]["fpr"]
+    # a rate with no samples of its class (e.g. FPR when Exp 1 saw no wrong answer) is
+    # undefined; it then carries no information and is set to 1/2 (the Jeffreys posterior mean)
+    tpr0, fpr0 = (s["signals"][signal][x] for x in ("tpr", "fpr"))
+    undefined = [x for x, v in (("tpr", tpr0), ("fpr", fpr0)) if not np.isfinite(v)]
+    tpr0, fpr0 = (v if np.isfinite(v) else 0.5 for v in (tpr0, fpr0))
+    d_tpr, d_fpr = (np.where(np.isfinite(d), d, 0.5) if x in undefined else d for x, d in
+                    (("tpr", calibration.draws[signal]["tpr"]),
+                     ("fpr", calibration.draws[signal]["fpr"])))
     b = min(d_eps.size, d_tpr.size, transfer.draws["a"].size)
     rng = np.random.default_rng(sample_seed(seed, 505))
     pick = rng.permutation(transfer.draws["a"].size)[:b]  # Exp 2 independent of Exp 1
@@ -580,13 +599,11 @@ def predict_trajectory(calibration: Calibration, transfer: Transfer, *, signal: 
         & np.isfinite(d_a) & np.isfinite(d_lam)
     out = {"signal": signal, "rounds": rounds, "queries_per_round": queries_per_round,
            "samples_per_query": samples_per_query, "design_effect": deff,
-           "ingredients": {"eps0": s["eps"], "tpr": s["signals"][signal]["tpr"],
-                           "fpr": s["signals"][signal]["fpr"], "a": t["a"], "lam": t["lam"],
-                           "eps_star": t["eps_star"]},
-           "arms": {}}
+           "ingredients": {"eps0": s["eps"], "tpr": tpr0, "fpr": fpr0, "a": t["a"],
+                           "lam": t["lam"], "eps_star": t["eps_star"]},
+           "undefined_rates_set_to_half": undefined, "arms": {}}
     for arm in arms:
-        tp, fp = _arm_rates(arm, 1, np.array([s["signals"][signal]["tpr"]]),
-                            np.array([s["signals"][signal]["fpr"]]))
+        tp, fp = _arm_rates(arm, 1, np.array([tpr0]), np.array([fpr0]))
         point = _adapt(s["eps"], tp, fp, t["a"], t["lam"], rounds)[0]
         tpd, fpd = _arm_rates(arm, int(ok.sum()), d_tpr[:b][ok], d_fpr[:b][ok])
         draws = _adapt(d_eps[:b][ok], tpd, fpd, d_a[ok], d_lam[ok], rounds)
@@ -744,9 +761,12 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
     cal = analyze_calibration(recs1, signals, acceptance=acceptance, n_boot=n_boot, seed=seed)
     _write_json(out / "exp1_calibration.json", {"lm": lm.name, "task": task.name,
                                                 **cal.to_dict()})
+    answers = None
+    if bank == "exp1":
+        answers, note = exp2_bank(recs1, k)
+        bank = bank if answers is not None else note
     recs2 = collect_transfer(lm, task, bs=bs, n_queries=exp2_queries,
-                             samples_per_query=exp2_samples,
-                             bank=bank_from_records(recs1) if bank == "exp1" else None,
+                             samples_per_query=exp2_samples, bank=answers,
                              records=out / "exp2_transfer.jsonl",
                              progress=prog("Exp 2 transfer", len(bs) * exp2_queries
                                            * exp2_samples), **common)
