@@ -93,8 +93,7 @@ class MDP:
             pad = prob <= 0
             nxt = np.where(pad, np.arange(S, dtype=np.int32)[:, None, None], nxt)
             prob = np.where(pad, 0.0, prob)
-            nxt = jnp.asarray(nxt)
-            prob = jnp.asarray(prob, dtype=dt)
+            prob = prob.astype(dt)  # numpy: the structure stays concrete even under jit
         else:
             K = S
             nxt = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (S, A, S))
@@ -111,23 +110,23 @@ class MDP:
         S, A, K = nxt.shape
         init = self._default_init(init, S, dt)
         policy = self._default_policy(policy, S, A, dt)
+        if pred is None:
+            if V.is_concrete(nxt, prob):
+                pred = _reverse_lists(np.asarray(nxt), np.asarray(prob), S)
+            elif K == S:
+                # Structure unknown (traced): every outcome may enter every state.
+                flat = jnp.arange(S * A * K, dtype=jnp.int32).reshape(S * A, K)
+                pred = jnp.transpose(flat)
+            else:
+                raise V.QuasirlValueError(
+                    "an MDP with traced successor lists needs K = S (dense); build it from "
+                    "concrete next/prob arrays"
+                )
         object.__setattr__(self, "next", jnp.asarray(nxt, dtype=jnp.int32))
         object.__setattr__(self, "prob", jnp.asarray(prob, dtype=dt))
         object.__setattr__(self, "reward", jnp.asarray(rew, dtype=dt))
         object.__setattr__(self, "init", init)
         object.__setattr__(self, "policy", policy)
-        if pred is None:
-            if V.is_concrete(nxt, prob):
-                pred = _reverse_lists(nxt, prob, S)
-            else:
-                # Structure unknown: every outcome may enter every state.
-                flat = jnp.arange(S * A * K, dtype=jnp.int32).reshape(S * A, K)
-                pred = jnp.transpose(flat) if K == S else None
-                if pred is None:
-                    raise V.QuasirlValueError(
-                        "an MDP with traced successor lists needs K = S (dense); build it from "
-                        "concrete next/prob arrays"
-                    )
         object.__setattr__(self, "pred", jnp.asarray(pred, dtype=jnp.int32))
 
     @staticmethod
@@ -177,9 +176,12 @@ class MDP:
         if V.is_concrete(reward):
             V.check_finite("reward", reward)
         dt = _float_dtype(prob, reward)
-        prob = jnp.asarray(prob, dtype=dt)
+        # Keep concrete structure as numpy: inside jit, jnp.asarray of a constant is a tracer
+        # and the reverse lists could no longer be derived.
+        prob = np.asarray(prob, dtype=dt) if V.is_concrete(prob) else jnp.asarray(prob, dt)
+        nxt = (np.asarray(next_state, dtype=np.int32) if V.is_concrete(next_state)
+               else jnp.asarray(next_state, dtype=jnp.int32))
         rew = jnp.where(prob > 0, jnp.asarray(reward, dtype=dt), 0.0)
-        nxt = jnp.asarray(next_state, dtype=jnp.int32)
         self = object.__new__(cls)
         self._set(nxt, prob, rew, init, policy, dt)
         return self
@@ -217,6 +219,11 @@ class MDP:
 
     def __setattr__(self, name, value):
         raise AttributeError("MDP is immutable; use .replace(...)")
+
+    def __reduce__(self):
+        # Pickle (Dask, multiprocessing) through the pytree protocol, as numpy arrays.
+        leaves = tuple(np.asarray(x) for x in self.tree_flatten()[0])
+        return (_unpickle, (type(self), leaves))
 
     def replace(self, *, reward=None, init=None, policy=None):
         """A copy with new parameters on the same structure (rewards [S,A,K], init, policy)."""
@@ -276,3 +283,7 @@ class MDP:
     def __repr__(self) -> str:
         S, A, K = self.shape
         return f"MDP(S={S}, A={A}, K={K}, dtype={self.prob.dtype})"
+
+
+def _unpickle(cls, leaves):
+    return cls.tree_unflatten(None, tuple(jnp.asarray(x) for x in leaves))

@@ -211,3 +211,29 @@ def test_successor_validation():
         qr.gridworld(layout="S..\n..")
     with pytest.raises(ValueError, match=r"rewards has no entry for layout cell\(s\) \['Q'\]"):
         qr.gridworld(layout="S.Q")
+
+
+def test_mdp_built_inside_jit_from_numpy_structure():
+    """Users write jit(lambda r: free_energy(MDP(P, r), ...)) with P a numpy constant."""
+    rng = np.random.default_rng(2)
+    P = rng.random((4, 2, 4)) * (rng.random((4, 2, 4)) < 0.5)
+    P[..., 0] += 0.1
+    P /= P.sum(-1, keepdims=True)
+    R = rng.normal(size=(4, 2, 4))
+    f = jax.jit(lambda r: qr.free_energy(qr.MDP(P, r), 0.5, 3))
+    np.testing.assert_allclose(f(R), qr.free_energy(qr.MDP(P, R), 0.5, 3), rtol=1e-12)
+    nxt = rng.integers(0, 4, (4, 2))
+    g = jax.jit(lambda r: qr.optimal_value(qr.MDP.deterministic(nxt, r), 3))
+    np.testing.assert_allclose(g(R[..., 0]), qr.optimal_value(
+        qr.MDP.deterministic(nxt, R[..., 0]), 3), rtol=1e-12)
+    assert qr.MDP.deterministic(nxt, R[..., 0]).shape == (4, 2, 1)
+
+
+def test_pickle_roundtrip():
+    import pickle
+
+    m = qr.gridworld(layout=qr.mdp.DEFAULT_LAYOUT, slip=0.1)
+    m2 = pickle.loads(pickle.dumps(m))
+    for a, b in zip(jax.tree_util.tree_leaves(m), jax.tree_util.tree_leaves(m2), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(qr.free_energy(m2, 0.3, 8), qr.free_energy(m, 0.3, 8))

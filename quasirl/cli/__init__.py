@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="quasirl")
     except SystemExit as exc:  # click/typer end every run this way, usage errors with code 2
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (ValueError, FileNotFoundError) as exc:  # QuasirlValueError included
+    except (ValueError, OSError) as exc:  # QuasirlValueError, bad paths (--out under a file)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -53,6 +53,9 @@ def line_colors(n: int):
 
 def new_figure(nrows: int = 1, ncols: int = 1, width: float = 5.0, height: float = 3.6, **kw):
     """A figure and axes in the quasirl style (call inside ``style()`` or not: rc is applied)."""
+    # Resolve the backend before entering rc_context: otherwise the first pyplot call happens
+    # inside it and leaving the context reverts Jupyter's inline backend set-up.
+    plt.get_backend()
     with plt.rc_context(RC):
         fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
                                  squeeze=False, **kw)
