@@ -36,7 +36,9 @@ def forward_rows(name, mdp, T, horizon, ceil, *, repeats, numpy_steps, numpy_rep
     E = acc.live_transitions(mdp)
     B = len(T)
     Tj = jnp.asarray(T)
-    F, tq = time_jax(lambda: qr.free_energy(mdp, Tj, horizon), repeats=repeats)
+    F, tq = time_jax(lambda: qr.free_energy(mdp, Tj, horizon), repeats=repeats,
+                     compile=lambda: jax.jit(qr.free_energy, static_argnums=2).lower(
+                         mdp, Tj, horizon).compile())
     hn = min(numpy_steps, horizon)
     tab = ref.pull_tables(mdp, dt)
     Fn, tn = time_numpy(lambda: ref.forward(tab, T, hn), repeats=numpy_repeats)
@@ -63,7 +65,8 @@ def fb_rows(name, mdp, T, horizon, ceil, *, repeats, numpy_steps, numpy_repeats=
         return jnp.sum(qr.free_energy(m.replace(reward=r), t, h))
 
     vg = jax.jit(jax.value_and_grad(total), static_argnums=3)
-    (_, g), tq = time_jax(lambda: vg(mdp.reward, mdp, Tj, horizon), repeats=repeats)
+    (_, g), tq = time_jax(lambda: vg(mdp.reward, mdp, Tj, horizon), repeats=repeats,
+                          compile=lambda: vg.lower(mdp.reward, mdp, Tj, horizon).compile())
     hn = min(numpy_steps, horizon)
     tab = ref.pull_tables(mdp, dt)
     (_, gn), tn = time_numpy(lambda: ref.forward_backward(tab, T, hn, mdp.shape),
