@@ -26,6 +26,8 @@ def run(ceil, *, sizes, repeats=3, quick=False):
         r.setdefault("case", f"L = {r.get('L', '?')}")
         if "min_s" in r and any(k in r for k in ("bytes", "flops", "transcendentals")):
             roofline(r, ceil)
+        if "rel_err" not in r and "rel_err_vs_numpy" in r:
+            r["rel_err"] = r["rel_err_vs_numpy"]
         if r.get("numpy_s") and r.get("min_s"):
             r.setdefault("speedup", r["numpy_s"] / r["min_s"])
         out.append(r)
