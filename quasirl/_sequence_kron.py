@@ -600,8 +600,7 @@ def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, model, accelerate
         uu, vv = _ck_rates(u, v, dt)
         weight = jnp.exp(dt * (f - jnp.max(f)))
         d_half = jnp.exp(0.5 * dt * (f - jnp.max(f)))
-        x0 = x0 / d_half
-        x0 = x0 / jnp.sum(x0)
+        # any positive start serves the power iteration; x0 itself avoids dividing by d_half
     ok = accelerate & jnp.all(uu + vv <= 1)  # else the spectrum can be negative
     amul = _amul(weight, blocks(uu, vv, groups))
     x, it, d, r, err = _power(amul, weight, x0, tol, max_iter, ok)
@@ -623,10 +622,15 @@ def stationary(
 
     Returns a :class:`Stationary` that unpacks as ``(distribution [2^L], mean_fitness)``; its
     ``mean_fitness`` f . x is the Perron value, and it also reports ``iterations``, the
-    estimated convergence ``rate`` |lambda_2/lambda_1| (the spectral gap is 1 - rate) and the
-    estimated L1 ``error``. Iteration stops when the estimated distance to the fixed point,
-    change * rate / (1 - rate), is at most ``tol`` (default 1e-12 in float64, 1e-5 in
-    float32), or after ``max_iter`` steps (then ``converged`` is False).
+    estimated convergence ``rate`` |lambda_2/lambda_1| of plain power iteration (the spectral
+    gap is 1 - rate) and the estimated L1 ``error``. Iteration stops when the estimated
+    distance to the fixed point, change * rate / (1 - rate), measured on plain power steps, is
+    at most ``tol`` (default 1e-12 in float64, 1e-5 in float32), or after ``max_iter`` steps
+    (then ``converged`` is False). With ``accelerate`` (default), once the rate estimate is
+    stable the iteration alternates Chebyshev rounds, which damp lambda_2..lambda_n together
+    (about sqrt(2 gap) per step instead of gap), with plain checking blocks; this needs the
+    spectrum of Q diag(f) to be real and >= 0, which holds whenever mu_j + nu_j <= 1 (else
+    plain power iteration is used).
     fitness: [2^L]; mu, nu: see :func:`mutate`; x0: start (default uniform).
     model="continuous": Crow-Kimura stationary state of the Strang-split step of length dt
     (an O(dt^2) approximation of the Perron vector of diag(f) + G; see :func:`evolve`).

@@ -75,7 +75,7 @@ def superiority(fitness, *, space: str = "full", master: int | None = None) -> f
 
 def error_threshold(
     fitness, *, space: str = "full", bracket: tuple[float, float] | None = None,
-    points: int = 9, levels: int = 3, nu_ratio: float = 1.0, model: str = "discrete",
+    points: int = 9, levels: int = 5, nu_ratio: float = 1.0, model: str = "discrete",
     dt: float = 0.1, master: int | None = None, tol: float | None = None,
     max_iter: int = 100_000, groups=None,
 ) -> Threshold:
