@@ -68,7 +68,7 @@ def plan(a) -> dict:
                    repeats=rep, quick=q),
         "B4": dict(side=30 if q else 500, horizon=20 if q else 200, repeats=rep,
                    numpy_steps=nps),
-        "B5": dict(max_horizon=6 if q else 12, repeats=rep),
+        "B5": dict(max_horizon=6 if q else 12, repeats=rep, sides=(5, 40) if q else (5, 300)),
     }
     if a.b3_sizes:
         cfg["B3"]["sizes"] = [int(x) for x in a.b3_sizes.split(",") if x.strip()]
