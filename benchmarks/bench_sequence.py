@@ -20,7 +20,8 @@ References, measured in the same run:
 Timing: ``block_until_ready``; compile time apart (first call minus the fastest); min and
 median over ``repeats``; time per generation = scan time / generations.
 
-    python benchmarks/bench_sequence.py            # L = 16..24, both dtypes, JSON + table
+    python benchmarks/bench_sequence.py            # L = 12, 13, 16..24, both dtypes, JSON
+    python benchmarks/bench_sequence.py --tune     # also other JAX groupings per L
     python benchmarks/bench_sequence.py --quick    # L = 8..10 (seconds)
 """
 
@@ -350,7 +351,8 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--sizes", default=None, help="comma-separated L (default 16..24; quick 8..10)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated L (default 12,13 (dense fits) and 16..24; quick 8..10)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtypes", default="float32,float64")
     p.add_argument("--tune", action="store_true",
@@ -358,7 +360,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_sequence.json"))
     a = p.parse_args()
     sizes = ([int(s) for s in a.sizes.split(",")] if a.sizes else
-             (list(range(8, 11)) if a.quick else list(range(16, 25))))
+             (list(range(8, 11)) if a.quick else [12, 13] + list(range(16, 25))))
     tune = {L: [_split(L, g) for g in (3, 4, 5, 6, 7, 8)] for L in sizes} if a.tune else None
     rows = run(sizes=sizes, repeats=a.repeats, quick=a.quick, dtypes=a.dtypes.split(","),
                jax_groupings=tune)
