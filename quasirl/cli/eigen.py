@@ -28,7 +28,7 @@ def _ints(text: str, name: str, lo: int, hi: int) -> list[int]:
 
 
 def run_eigen(out: Path, Ls=(10, 20, 50, 100), sigma: float = 10.0, points: int = 60,
-              full_L: int = 12, class_L: int = 50, wf_L: int = 10, wf_N=(30, 300, 3000),
+              full_L: int = 10, class_L: int = 50, wf_L: int = 10, wf_N=(30, 300, 3000),
               wf_mu_ratio: float = 0.7, generations: int = 300, replicates: int = 2,
               seed: int = 0) -> dict:
     """Compute everything, write eigen_*.png and eigen.json under ``out``; return the numbers.
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
         L: str = typer.Option("10,20,50,100", "--L", help="sequence lengths (comma-separated)"),
         sigma: float = typer.Option(10.0, help="sharp-peak superiority sigma (> 1)"),
         points: int = typer.Option(60, help="mu values per master-fraction curve"),
-        full_L: int = typer.Option(12, "--full-L", help="L of the full-space check (2^L states)"),
+        full_L: int = typer.Option(10, "--full-L", help="L of the full-space check (2^L states)"),
         class_L: int = typer.Option(50, "--class-L", help="L of the class-distribution figure"),
         wf_L: int = typer.Option(10, "--wf-L", help="L of the Wright-Fisher runs"),
         wf_N: str = typer.Option("30,300,3000", "--wf-N", help="population sizes (comma list)"),

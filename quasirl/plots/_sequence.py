@@ -32,10 +32,10 @@ def plot_master_fraction(sweeps, *, sigma, thresholds=None, full_space=None, tit
             y = float(np.interp(mn, mu, np.log(np.maximum(x0, 1e-300))))
             ax.plot([mn], [np.exp(y)], marker=MARKERS[i % len(MARKERS)], color=c,
                     markeredgecolor="black", markersize=6, linestyle="none")
-        if full_space and L in full_space:
-            fm, fx = (np.asarray(a, float) for a in full_space[L])
-            ax.plot(fm, fx, marker="o", markerfacecolor="none", color="black", markersize=4,
-                    linestyle="none", label=f"L = {L}: full space (2^{L} genotypes)")
+    for L, (fm, fx) in sorted((full_space or {}).items()):
+        ax.plot(np.asarray(fm, float), np.asarray(fx, float), marker="o", markerfacecolor="none",
+                color="black", markersize=4, linestyle="none",
+                label=f"L = {L}: full space ($2^{{{L}}}$ genotypes)")
     ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_xlabel(r"per-site error rate $\mu$")
