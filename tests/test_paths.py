@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import all_paths
 from scipy.special import logsumexp
 
 import quasirl as qr
@@ -24,27 +25,6 @@ TEMPS = [10.0, 1.0, 0.1, 0.01, 0.0]
 # --------------------------------------------------------------------------------------------
 # oracles
 # --------------------------------------------------------------------------------------------
-def brute_paths(P, R, init, policy, H):
-    """Every path with positive weight, straight from the definition (dense P, R)."""
-    S, A, _ = P.shape
-    out = []
-    for s0 in range(S):
-        if init[s0] <= 0:
-            continue
-        for acts in itertools.product(range(A), repeat=H):
-            for nxt in itertools.product(range(S), repeat=H):
-                path = (s0, *nxt)
-                w, r = init[s0], 0.0
-                for t in range(H):
-                    w *= policy[path[t], acts[t]] * P[path[t], acts[t], path[t + 1]]
-                    r += R[path[t], acts[t], path[t + 1]]
-                if w > 0:
-                    out.append((path, acts, np.log(w), r))
-    states = np.array([p[0] for p in out]).reshape(len(out), H + 1)
-    actions = np.array([p[1] for p in out]).reshape(len(out), H)
-    return states, actions, np.array([p[2] for p in out]), np.array([p[3] for p in out])
-
-
 def random_problem(seed, S=3, A=2, stochastic=True, nonuniform=True):
     rng = np.random.default_rng(seed)
     if stochastic:
@@ -88,7 +68,7 @@ def problem(request):
     P, R, init, policy = random_problem(**CASES[request.param])
     H = 3
     mdp = qr.MDP(P, R, init=init, policy=policy)
-    return mdp, H, brute_paths(P, R, init, policy, H)
+    return mdp, H, all_paths(P, R, init, policy, H)
 
 
 @pytest.fixture(scope="module", params=[0, 3], ids=lambda i: str(CASES[i]))
@@ -97,7 +77,7 @@ def problem2(request):
     P, R, init, policy = random_problem(**CASES[request.param])
     H = 3
     mdp = qr.MDP(P, R, init=init, policy=policy)
-    return mdp, H, brute_paths(P, R, init, policy, H)
+    return mdp, H, all_paths(P, R, init, policy, H)
 
 
 def sort_rows(states, actions, *rest):
@@ -171,7 +151,7 @@ def test_duplicate_outcomes_merge_into_one_path():
     key = np.concatenate([p.states, p.actions], axis=1)
     assert np.unique(key, axis=0).shape[0] == key.shape[0]
     P, R = mdp.dense()
-    bs, ba, blw, bret = brute_paths(P, R, np.asarray(mdp.init), np.asarray(mdp.policy), H)
+    bs, ba, blw, bret = all_paths(P, R, np.asarray(mdp.init), np.asarray(mdp.policy), H)
     assert key.shape[0] == len(bret)
     got = sort_rows(np.asarray(p.states), np.asarray(p.actions), np.asarray(p.log_weight))
     np.testing.assert_allclose(got[2], sort_rows(bs, ba, blw)[2], rtol=1e-12)
@@ -346,7 +326,7 @@ def test_best_paths_equal_sorted_enumeration(problem, k):
 def test_best_paths_and_counts_property(seed, H, k, stochastic):
     P, R, init, policy = random_problem(seed, S=3, A=2, stochastic=stochastic)
     mdp = qr.MDP(P, R, init=init, policy=policy)
-    _, _, _, bret = brute_paths(P, R, init, policy, H)
+    _, _, _, bret = all_paths(P, R, init, policy, H)
     assert qp.count_paths(mdp, H) == len(bret)
     bp = qp.best_paths(mdp, H, k)
     np.testing.assert_allclose(bp.ret, np.sort(bret)[::-1][:k], rtol=1e-12, atol=1e-12)
@@ -581,7 +561,7 @@ def test_float32_mdp():
     H = 3
     m = qp.optimal_path_mass(mdp, np.array([1.0, 0.1, 0.0]), H)
     assert m.dtype == np.float32
-    _, _, blw, bret = brute_paths(P, R.astype(np.float32).astype(np.float64), init, policy, H)
+    _, _, blw, bret = all_paths(P, R.astype(np.float32).astype(np.float64), init, policy, H)
     top = bret >= bret.max() - 1e-6
     want = [np.exp(logsumexp((blw + bret / T)[top]) - logsumexp(blw + bret / T))
             for T in [1.0, 0.1]] + [1.0]
