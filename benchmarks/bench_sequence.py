@@ -1,10 +1,13 @@
 """Eigen's generation map on 2^L genotypes: time per generation, numpy references, the floor.
 
-One generation is x' = Q diag(f) x / (f . x) with Q = (x)_L [[1-mu, mu], [mu, 1-mu]]. quasirl
-applies Q as grouped Kronecker blocks, each one matrix product that also rotates its sites to
-the front (quasirl/_sequence_kron.py), with the fitness multiply before the first product and
-the normalisation folded into the last (a 2^g x 2^g block scaled by 1/(f . x)), inside a
-``lax.scan`` over generations.
+One generation is x' = Q diag(f) x / (f . x) with Q = (x)_L [[1-mu, mu], [mu, 1-mu]], timed
+as quasirl's ``evolve`` runs it (the step of ``quasirl._sequence_kron._discrete_step`` inside
+a ``lax.scan``), with both ways quasirl applies Q:
+* ``kernel="auto"``, the default: on a CPU the native kernel (quasirl/_kron_cpu.cc, an XLA
+  FFI call: cache-blocked per-site butterflies, about two passes over the vector), on a GPU
+  the XLA path;
+* ``kernel="xla"``: grouped Kronecker blocks, each one matrix product that also rotates its
+  sites to the front (quasirl/_sequence_kron.py), the normalisation folded into the last.
 
 References, measured in the same run:
 * a fair vectorised numpy implementation of the same grouped Kronecker map: in-place
@@ -43,7 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from quasirl._sequence_kron import _discrete_step, blocks, default_groups  # noqa: E402
+from quasirl._sequence_kron import (  # noqa: E402
+    _discrete_step,
+    default_groups,
+    resolve_kernel,
+)
 
 MU = 0.01
 
@@ -150,17 +157,19 @@ def bandwidth(nbytes: int, repeats: int = 5) -> float:
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
-def jax_kernel(L: int, dtype, generations: int, groups=None):
-    """A jitted function x -> x after ``generations`` generations (quasirl's kernel)."""
+def jax_kernel(L: int, dtype, generations: int, groups=None, kernel: str = "auto"):
+    """A jitted function x -> x after ``generations`` generations (quasirl's kernel):
+    (run, groups used or None for the native kernel, kernel name)."""
+    native = resolve_kernel(kernel, groups)
     g = groups or default_groups(L, dtype)
     u = jnp.full((L,), MU, dtype)
 
     @jax.jit
     def run(f, x):
-        step = _discrete_step(f, blocks(u, u, g))
-        return jax.lax.scan(lambda y, _: (step(y), None), x, None, length=generations)[0]
+        step = _discrete_step(f, u, u, g, native)
+        return jax.lax.scan(lambda y, _: (step(y)[0], None), x, None, length=generations)[0]
 
-    return run, g
+    return run, (None if native else g), ("native" if native else "xla")
 
 
 class NumpyGrouped:
@@ -210,19 +219,23 @@ def bench_one(L: int, dtype, repeats: int, bw_large: float, quick: bool,
     itemsize = dtype.itemsize
     nbytes = 2 * n * itemsize
 
-    # ---- JAX: default grouping (and alternatives if asked) -----------------------------------
+    # ---- quasirl: the default kernel, the XLA path, other groupings if asked ----------------
     fj, xj = jnp.asarray(f), jnp.asarray(x0)
-    cands = [None] + list(jax_groupings or [])
+    cands = [(None, "auto"), (None, "xla")] + [(g, "xla") for g in (jax_groupings or [])]
     jres = []
-    for groups in cands:
-        run, g = jax_kernel(L, dtype, G, groups)
+    for groups, kernel in cands:
+        run, g, name = jax_kernel(L, dtype, G, groups, kernel)
+        if kernel == "xla" and groups is None and jres and jres[0]["kernel"] == "xla":
+            continue  # auto already was the XLA path
         t0 = time.perf_counter()
         out = jax.block_until_ready(run(fj, xj))
         first = time.perf_counter() - t0
         ts = _times(lambda run=run: jax.block_until_ready(run(fj, xj)), repeats)
-        jres.append({"groups": list(g), "min_s": min(ts) / G, "median_s": statistics.median(ts) / G,
+        jres.append({"kernel": name, "groups": list(g) if g else None,
+                     "min_s": min(ts) / G, "median_s": statistics.median(ts) / G,
                      "compile_s": max(first - min(ts), 0.0), "out": np.asarray(out)})
     best_j = jres[0]
+    xla_j = next(r for r in jres if r["kernel"] == "xla")
 
     # ---- numpy grouped (its best grouping and BLAS thread count in this run) ----------------
     Gn = max(1, min(G, 8))
@@ -251,6 +264,7 @@ def bench_one(L: int, dtype, repeats: int, bw_large: float, quick: bool,
     for _ in range(G):
         ref.step(f, x)
     rel = float(np.abs(x - best_j["out"]).max() / np.abs(x).max())
+    rel_xla = float(np.abs(x - xla_j["out"]).max() / np.abs(x).max())
 
     # ---- dense numpy where it fits ------------------------------------------------------------
     dense_s = None
@@ -270,12 +284,17 @@ def bench_one(L: int, dtype, repeats: int, bw_large: float, quick: bool,
     bw_same = bandwidth(n * itemsize, repeats=5)
     floor_large = nbytes / bw_large
     floor_same = nbytes / bw_same
-    flops = sum(2 * n * (1 << g) for g in best_j["groups"]) + 3 * n
+    if best_j["kernel"] == "native":  # per bit and pair: t = u a - v b, a - t, b + t
+        flops = 5 * (n // 2) * L + 3 * n
+    else:
+        flops = sum(2 * n * (1 << g) for g in best_j["groups"]) + 3 * n
     row = {
         "case": f"L = {L} {dtype.name}",
         "L": L, "dtype": dtype.name, "genotypes": n, "generations_per_call": G,
-        "groups": best_j["groups"],
+        "kernel": best_j["kernel"], "groups": best_j["groups"],
         "min_s": best_j["min_s"], "median_s": best_j["median_s"],
+        "xla_s": xla_j["min_s"], "xla_groups": xla_j["groups"],
+        "speedup_vs_xla": xla_j["min_s"] / best_j["min_s"],
         "compile_s": best_j["compile_s"], "repeats": repeats,
         "numpy_s": np_best["min_s"], "numpy_median_s": np_best["median_s"],
         "numpy_groups": np_best["groups"], "numpy_blas_threads": np_best["blas_threads"],
@@ -288,10 +307,10 @@ def bench_one(L: int, dtype, repeats: int, bw_large: float, quick: bool,
         "floor_large_s": floor_large, "floor_same_size_s": floor_same,
         "x_floor_large": best_j["min_s"] / floor_large,
         "x_floor_same_size": best_j["min_s"] / floor_same,
-        "rel_err_vs_numpy": rel,
+        "rel_err_vs_numpy": rel, "rel_err_xla_vs_numpy": rel_xla,
         "load_avg_1min": _load(),
     }
-    if len(jres) > 1:
+    if len(jres) > 2 or (len(jres) == 2 and jres[0]["kernel"] == "xla"):
         row["jax_groupings"] = [{k: v for k, v in r.items() if k != "out"} for r in jres]
     return row
 
@@ -333,16 +352,18 @@ def run(sizes=range(16, 25), repeats: int = 5, quick: bool = False,
 
 
 def _table(rows) -> str:
-    head = (f"{'L':>3} {'dtype':>8} {'groups':>16} {'jax ms':>9} {'numpy ms':>9} {'speedup':>8} "
-            f"{'dense ms':>9} {'x floor':>8} {'x floor(same)':>13} {'compile s':>9} {'load':>5}")
+    head = (f"{'L':>3} {'dtype':>8} {'kernel':>7} {'ms':>9} {'xla ms':>9} {'numpy ms':>9} "
+            f"{'speedup':>8} {'dense ms':>9} {'x floor':>8} {'x floor(same)':>13} "
+            f"{'compile s':>9} {'load':>5}")
     lines = [head, "-" * len(head)]
     for r in rows:
         dense = f"{1e3 * r['dense_s']:.2f}" if r["dense_s"] else "-"
         lines.append(
-            f"{r['L']:>3} {r['dtype']:>8} {','.join(map(str, r['groups'])):>16} "
-            f"{1e3 * r['min_s']:>9.3f} {1e3 * r['numpy_s']:>9.3f} {r['speedup']:>8.2f} "
-            f"{dense:>9} {r['x_floor_large']:>8.1f} {r['x_floor_same_size']:>13.1f} "
-            f"{r['compile_s']:>9.2f} {r['load_avg_1min'] or float('nan'):>5.1f}")
+            f"{r['L']:>3} {r['dtype']:>8} {r['kernel']:>7} "
+            f"{1e3 * r['min_s']:>9.3f} {1e3 * r['xla_s']:>9.3f} {1e3 * r['numpy_s']:>9.3f} "
+            f"{r['speedup']:>8.2f} {dense:>9} {r['x_floor_large']:>8.1f} "
+            f"{r['x_floor_same_size']:>13.1f} {r['compile_s']:>9.2f} "
+            f"{r['load_avg_1min'] or float('nan'):>5.1f}")
     return "\n".join(lines)
 
 
@@ -367,8 +388,9 @@ if __name__ == "__main__":
     print(_table(rows))
     if a.tune:
         for r in rows:
-            print(r["case"], " ".join(f"{','.join(map(str, g['groups']))}: {1e3 * g['min_s']:.3f}ms"
-                                      for g in r["jax_groupings"]))
+            print(r["case"], " ".join(
+                f"{','.join(map(str, g['groups'] or [g['kernel']]))}: {1e3 * g['min_s']:.3f}ms"
+                for g in r.get("jax_groupings", [])))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))

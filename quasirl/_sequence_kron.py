@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _sequence_native
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "default_groups",
     "evolve",
     "hamming_distance",
+    "kernel_status",
     "mutate",
     "mutation_spectrum",
     "stationary",
@@ -212,6 +214,44 @@ def apply_blocks(y, bl, scale=None):
     return y
 
 
+def resolve_kernel(kernel, groups) -> bool:
+    """True to use the native CPU kernel: kernel "auto" (native where it is built and the
+    default backend is a CPU, unless ``groups`` asks for a grouping), "native" or "xla"."""
+    if kernel not in ("auto", "native", "xla"):
+        raise QuasirlValueError(f"kernel must be 'auto', 'native' or 'xla', got {kernel!r}")
+    if kernel == "xla":
+        return False
+    if kernel == "native":
+        if groups is not None:
+            raise QuasirlValueError("groups sets the XLA path's blocks: use it with kernel='xla' "
+                                    "or 'auto', not kernel='native'")
+        st = _sequence_native.status()
+        if not st["available"]:
+            raise QuasirlValueError(f"kernel='native' is not available here: {st['reason']}")
+        if jax.default_backend() != "cpu":
+            raise QuasirlValueError(
+                f"kernel='native' runs on CPUs; the default backend is {jax.default_backend()}")
+        return True
+    return groups is None and _sequence_native.available()
+
+
+def kernel_status() -> dict:
+    """The native CPU kernel for Q: whether it is built and in use by ``kernel="auto"``
+    ({'available', 'reason', 'path', 'openmp', 'backend'}); building it on first call."""
+    st = dict(_sequence_native.status())
+    st["backend"] = jax.default_backend()
+    return st
+
+
+def apply_q(x, w, u, v, scale, *, weighted: bool, normalize: bool, groups, native: bool):
+    """(c Q (w * x), sum(w * x)) with c = scale / sum(w * x) if ``normalize`` else scale
+    (w is ignored unless ``weighted``): the native kernel or the XLA blocks."""
+    scale = jnp.asarray(scale, x.dtype)
+    if native:
+        return _sequence_native.native(x, w, u, v, scale, weighted, normalize, groups)
+    return _sequence_native.reference(x, w, u, v, scale, weighted, normalize, groups)
+
+
 def _ck_rates(u, v, dt):
     """Per-site probabilities of exp(dt G_j) for the 2-state generator with rates (u, v):
     exp(dt G) = I + (1 - exp(-(u+v) dt)) / (u+v) G (exact; -> dt G as u + v -> 0)."""
@@ -267,25 +307,32 @@ def hamming_distance(L: int, master: int = 0):
 # --------------------------------------------------------------------------------------------
 # mutation operator and its spectrum
 # --------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("groups",))
-def _mutate_kernel(x, u, v, groups):
-    return apply_blocks(x, blocks(u, v, groups))
+@partial(jax.jit, static_argnames=("groups", "native"))
+def _mutate_kernel(x, u, v, groups, native):
+    return apply_q(x, x, u, v, 1, weighted=False, normalize=False, groups=groups,
+                   native=native)[0]
 
 
-def mutate(x, mu, nu=None, *, groups=None):
+def mutate(x, mu, nu=None, *, groups=None, kernel: str = "auto"):
     """Apply the mutation matrix: Q x for x over the 2^L genotypes, Q = (x)_j M_j  [2^L].
 
     mu: per-site probability of 0 -> 1 (scalar or [L]); nu: probability of 1 -> 0 (default mu:
     the symmetric model Q = (x)_L [[1-mu, mu], [mu, 1-mu]]). Q is applied as grouped Kronecker
-    blocks, never as a dense 2^L x 2^L matrix; ``groups`` (block sizes in site order, summing
-    to L) overrides :func:`default_groups`. Columns of Q sum to 1, so sum(Q x) = sum(x).
+    blocks, never as a dense 2^L x 2^L matrix. Columns of Q sum to 1, so sum(Q x) = sum(x).
+
+    kernel: "auto" (default) uses the native CPU kernel (cache-blocked per-site butterflies,
+    :func:`kernel_status`) when the default backend is a CPU and it could be built, else the
+    XLA path: grouped Kronecker blocks, ``groups`` (block sizes in site order, summing to L)
+    overriding :func:`default_groups` (giving ``groups`` selects the XLA path). "native" and
+    "xla" force one; both give the same result to rounding, under jit, vmap and grad.
     """
     L = length_of(x, "x")
     x = jnp.asarray(x)
     dtype = _float_dtype(x, mu, nu)
     u, v = site_rates(mu, nu, L, dtype)
-    g = check_groups(groups, L) or default_groups(L, dtype)
-    return _mutate_kernel(x.astype(dtype), u, v, g)
+    g = check_groups(groups, L)
+    native = resolve_kernel(kernel, g)
+    return _mutate_kernel(x.astype(dtype), u, v, g or default_groups(L, dtype), native)
 
 
 class MutationSpectrum(NamedTuple):
@@ -336,40 +383,46 @@ class Trajectory(NamedTuple):
     classes: jax.Array | None
 
 
-def _discrete_step(f, bl):
+def _discrete_step(f, u, v, groups, native):
+    """x -> (Q diag(f) x / (f . x), f . x)."""
+
     def step(x):
-        y = f * x
-        s = jnp.sum(y)
-        return apply_blocks(y, bl, 1 / s)
+        return apply_q(x, f, u, v, 1, weighted=True, normalize=True, groups=groups,
+                       native=native)
 
     return step
 
 
-def _continuous_step(f, bl, dt):
+def _continuous_step(f, u, v, groups, native, dt):
+    """x -> (D K D x / sum, None): the Strang step, D = exp(dt f / 2) (shifted)."""
     d = jnp.exp(0.5 * dt * (f - jnp.max(f)))  # exp(dt f / 2) up to a constant
 
     def step(x):
-        z = d * apply_blocks(d * x, bl)
-        return z / jnp.sum(z)
+        y, _ = apply_q(x, d, u, v, 1, weighted=True, normalize=False, groups=groups,
+                       native=native)
+        z = d * y
+        return z / jnp.sum(z), None
 
     return step
 
 
-def _make_step(f, u, v, groups, model, dt):
+def _make_step(f, u, v, groups, native, model, dt):
     if model == "discrete":
-        return _discrete_step(f, blocks(u, v, groups))
+        return _discrete_step(f, u, v, groups, native)
     uu, vv = _ck_rates(u, v, dt)
-    return _continuous_step(f, blocks(uu, vv, groups), dt)
+    return _continuous_step(f, uu, vv, groups, native, dt)
 
 
-@partial(jax.jit, static_argnames=("generations", "save_every", "groups", "model", "master"))
-def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, model, master):
+@partial(jax.jit, static_argnames=("generations", "save_every", "groups", "native", "model",
+                                   "master"))
+def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, model, master):
     L = len(u)
-    step = _make_step(f, u, v, groups, model, dt)
+    step = _make_step(f, u, v, groups, native, model, dt)
 
     def one(x, _):
-        x = step(x)
-        return x, (jnp.dot(f, x), x[master])
+        xn, s = step(x)
+        # the discrete step returns f . x (x before the step): no extra pass for the record
+        return xn, (jnp.dot(f, x) if s is None else s, xn[master])
 
     def record(x):
         return _class_sum(_relabel(x, L, master), L)
@@ -390,7 +443,7 @@ def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, model, mast
             x, (mf2, xm2) = jax.lax.scan(one, x, None, length=rest)
             mf, xm = jnp.concatenate([mf, mf2]), jnp.concatenate([xm, xm2])
         classes = jnp.concatenate([record(x0)[None], cl])
-    mf = jnp.concatenate([jnp.dot(f, x0)[None], mf])
+    mf = jnp.concatenate([mf, jnp.dot(f, x)[None]])  # f . x_t for t = 0..G
     xm = jnp.concatenate([x0[master][None], xm])
     return Trajectory(x, mf, xm, classes)
 
@@ -424,6 +477,7 @@ def _initial(x0, f, L, dtype, name="x0"):
 def evolve(
     fitness, mu, generations: int, x0=None, *, nu=None, model: str = "discrete",
     dt: float = 0.1, save_every: int | None = None, master: int = 0, groups=None,
+    kernel: str = "auto",
 ) -> Trajectory:
     """Iterate Eigen's quasispecies equation on the 2^L genotypes (a ``lax.scan``).
 
@@ -434,6 +488,7 @@ def evolve(
     applied exactly as a Kronecker product (error O(dt^2) per unit time).
     fitness: [2^L] (non-negative); mu, nu: see :func:`mutate`; x0: start (default uniform);
     save_every=k also records the Hamming-class masses (relative to ``master``) every k steps.
+    groups, kernel: how Q is applied (see :func:`mutate`).
     """
     L = check_fitness(fitness)
     generations = check_count(generations, "generations")
@@ -444,10 +499,11 @@ def evolve(
     dtype = _float_dtype(fitness, mu, nu, x0)
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
-    g = check_groups(groups, L) or default_groups(L, dtype)
+    g = check_groups(groups, L)
+    native = resolve_kernel(kernel, g)
     x = _initial(x0, f, L, dtype)
-    return _evolve_kernel(f, u, v, x, jnp.asarray(dt, dtype), generations, save_every, g,
-                          model, master)
+    return _evolve_kernel(f, u, v, x, jnp.asarray(dt, dtype), generations, save_every,
+                          g or default_groups(L, dtype), native, model, master)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,11 +563,12 @@ MAX_CHEB_ROUNDS = 32
 MAX_CHEB_STEPS = 2048
 
 
-def _amul(weight, bl):
-    """z -> scale * Q diag(weight) z (the scale folded into a block)."""
+def _amul(weight, u, v, groups, native):
+    """z -> scale * Q diag(weight) z."""
 
     def amul(z, scale):
-        return apply_blocks(weight * z, bl, scale)
+        return apply_q(z, weight, u, v, scale, weighted=True, normalize=False, groups=groups,
+                       native=native)[0]
 
     return amul
 
@@ -590,8 +647,8 @@ def _power(amul, weight, x0, tol, max_iter, accelerate):
     return x / jnp.sum(x), it, d, r, err
 
 
-@partial(jax.jit, static_argnames=("groups", "model", "accelerate"))
-def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, model, accelerate):
+@partial(jax.jit, static_argnames=("groups", "native", "model", "accelerate"))
+def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, native, model, accelerate):
     if model == "discrete":
         weight, uu, vv = f, u, v
     else:
@@ -602,7 +659,7 @@ def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, model, accelerate
         d_half = jnp.exp(0.5 * dt * (f - jnp.max(f)))
         # any positive start serves the power iteration; x0 itself avoids dividing by d_half
     ok = accelerate & jnp.all(uu + vv <= 1)  # else the spectrum can be negative
-    amul = _amul(weight, blocks(uu, vv, groups))
+    amul = _amul(weight, uu, vv, groups, native)
     x, it, d, r, err = _power(amul, weight, x0, tol, max_iter, ok)
     if model == "continuous":
         x = d_half * x
@@ -617,6 +674,7 @@ def default_tol(dtype) -> float:
 def stationary(
     fitness, mu, *, nu=None, tol: float | None = None, max_iter: int = 100_000, x0=None,
     model: str = "discrete", dt: float = 0.1, accelerate: bool = True, groups=None,
+    kernel: str = "auto",
 ) -> Stationary:
     """Stationary quasispecies: the Perron vector of Q diag(f) by power iteration.
 
@@ -634,6 +692,7 @@ def stationary(
     fitness: [2^L]; mu, nu: see :func:`mutate`; x0: start (default uniform).
     model="continuous": Crow-Kimura stationary state of the Strang-split step of length dt
     (an O(dt^2) approximation of the Perron vector of diag(f) + G; see :func:`evolve`).
+    groups, kernel: how Q is applied (see :func:`mutate`).
     """
     L = check_fitness(fitness)
     max_iter = check_count(max_iter, "max_iter", 1)
@@ -644,7 +703,9 @@ def stationary(
     tol = default_tol(dtype) if tol is None else tol
     if is_concrete(tol) and not (np.isfinite(tol) and tol > 0):
         raise QuasirlValueError(f"tol must be a finite number > 0, got {tol!r}")
-    g = check_groups(groups, L) or default_groups(L, dtype)
+    g = check_groups(groups, L)
+    native = resolve_kernel(kernel, g)
     x = _initial(x0, f, L, dtype)
     return _stationary_kernel(f, u, v, x, jnp.asarray(tol, dtype), jnp.int32(max_iter),
-                              jnp.asarray(dt, dtype), g, model, bool(accelerate))
+                              jnp.asarray(dt, dtype), g or default_groups(L, dtype), native,
+                              model, bool(accelerate))

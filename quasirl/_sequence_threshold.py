@@ -30,6 +30,7 @@ from ._sequence_kron import (
     check_master,
     default_groups,
     default_tol,
+    resolve_kernel,
 )
 from ._validate import QuasirlValueError
 
@@ -77,7 +78,7 @@ def error_threshold(
     fitness, *, space: str = "full", bracket: tuple[float, float] | None = None,
     points: int = 9, levels: int = 5, nu_ratio: float = 1.0, model: str = "discrete",
     dt: float = 0.1, master: int | None = None, tol: float | None = None,
-    max_iter: int = 100_000, groups=None,
+    max_iter: int = 100_000, groups=None, kernel: str = "auto",
 ) -> Threshold:
     """Numeric error threshold of a landscape, beside Eigen's mu_c = 1 - sigma^(-1/L).
 
@@ -87,7 +88,8 @@ def error_threshold(
     fraction falls fastest; sigma is :func:`superiority` (the sharp peak's sigma).
     bracket: the mu interval searched (default [0.25, 2] x the theoretical value, capped at
     0.5); points per level and levels of refinement; nu_ratio: back-mutation rate / mu;
-    master: the master genotype (default the fittest; space="full" only).
+    master: the master genotype (default the fittest; space="full" only); groups, kernel: how
+    Q is applied (space="full"; see :func:`mutate`).
     """
     if space not in ("full", "classes"):
         raise QuasirlValueError(f"space must be 'full' or 'classes', got {space!r}")
@@ -123,7 +125,9 @@ def error_threshold(
     else:
         dtype = _float_dtype(fitness)
         fj = jnp.asarray(fitness, dtype)
-        g = check_groups(groups, L) or default_groups(L, dtype)
+        g = check_groups(groups, L)
+        native = resolve_kernel(kernel, g)
+        g = g or default_groups(L, dtype)
         tol_ = default_tol(dtype) if tol is None else tol
         uniform = jnp.full((1 << L,), 1.0 / (1 << L), dtype)
 
@@ -138,8 +142,8 @@ def error_threshold(
             for mu, x0 in zip(mus, x0s, strict=True):
                 u = jnp.full((L,), mu, dtype)
                 res = _stationary_kernel(fj, u, u * nu_ratio, x0, jnp.asarray(tol_, dtype),
-                                         jnp.int32(max_iter), jnp.asarray(dt, dtype), g, model,
-                                         True)
+                                         jnp.int32(max_iter), jnp.asarray(dt, dtype), g, native,
+                                         model, True)
                 xs.append(res.distribution)
             return np.array([float(x[m]) for x in xs]), xs
 

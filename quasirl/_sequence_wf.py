@@ -25,14 +25,14 @@ from ._sequence_kron import (
     _class_sum,
     _float_dtype,
     _relabel,
-    apply_blocks,
-    blocks,
+    apply_q,
     check_count,
     check_fitness,
     check_groups,
     check_L,
     check_master,
     default_groups,
+    resolve_kernel,
     site_rates,
 )
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
@@ -110,17 +110,17 @@ def _scan_record(one, record, carry, keys, save_every):
     return carry, ys, rec
 
 
-@partial(jax.jit, static_argnames=("N", "generations", "save_every", "groups", "master"))
-def _wf_kernel(key, f, u, v, n0, N, generations, save_every, groups, master):
+@partial(jax.jit, static_argnames=("N", "generations", "save_every", "groups", "native",
+                                   "master"))
+def _wf_kernel(key, f, u, v, n0, N, generations, save_every, groups, native, master):
     L = len(u)
-    bl = blocks(u, v, groups)
     keys = jax.random.split(key, generations)
     inv_n = 1.0 / N
 
     def one(n, k):
         x = n.astype(f.dtype)
-        y = f * x
-        p = apply_blocks(y, bl, 1 / jnp.sum(y))
+        p, _ = apply_q(x, f, u, v, 1, weighted=True, normalize=True, groups=groups,
+                       native=native)
         n = _sample_counts(k, p, N)
         return n, (n[master] * inv_n, jnp.dot(f, n.astype(f.dtype)) * inv_n)
 
@@ -135,7 +135,7 @@ def _wf_kernel(key, f, u, v, n0, N, generations, save_every, groups, master):
 
 def wright_fisher(
     key, fitness, mu, N: int, generations: int, n0=None, *, nu=None,
-    save_every: int | None = None, master: int = 0, groups=None,
+    save_every: int | None = None, master: int = 0, groups=None, kernel: str = "auto",
 ) -> WrightFisher:
     """Wright-Fisher population of N on the 2^L genotypes (counts, multinomial sampling).
 
@@ -144,7 +144,8 @@ def wright_fisher(
     the deterministic trajectory; for finite N the master class can be lost, which lowers the
     error threshold (Nowak & Schuster 1989, J. Theor. Biol. 137:375).
     key: a JAX key (same key, same run); fitness [2^L]; mu, nu: see :func:`mutate`;
-    n0: initial counts [2^L] summing to N (default all N at ``master``).
+    n0: initial counts [2^L] summing to N (default all N at ``master``); groups, kernel: how
+    Q is applied (see :func:`mutate`).
     """
     L = check_fitness(fitness)
     N = check_count(N, "N", 1)
@@ -155,7 +156,9 @@ def wright_fisher(
     dtype = _float_dtype(fitness, mu, nu)
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
-    g = check_groups(groups, L) or default_groups(L, dtype)
+    g = check_groups(groups, L)
+    native = resolve_kernel(kernel, g)
+    g = g or default_groups(L, dtype)
     if n0 is None:
         n0 = jnp.zeros((1 << L,), jnp.int32).at[master].set(N)
     else:
@@ -175,7 +178,7 @@ def wright_fisher(
         x = n0.astype(dtype) / N
         cl = None if save_every is None else _class_sum(_relabel(x, L, master), L)[None]
         return WrightFisher(n0, x[master][None], jnp.dot(f, x)[None], cl)
-    return _wf_kernel(key, f, u, v, n0, N, generations, save_every, g, master)
+    return _wf_kernel(key, f, u, v, n0, N, generations, save_every, g, native, master)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,174 @@
+"""The CPU kernel for Eigen's mutation operator: a C++ XLA FFI custom call, built on first use.
+
+``_kron_cpu.cc`` applies y = c Q (w * x) (c = scale, or scale / sum(w * x) when normalising)
+as cache-blocked per-bit butterflies: about two passes over the vector and 2 multiply-adds +
+2 adds per pair and bit, where the grouped matrix products of the XLA path
+(:func:`quasirl._sequence_kron.apply_blocks`) cost one pass and 2^(g+1) flops per entry for
+every block of g sites (benchmarks/NOTES.md has the measurements).
+
+The source is compiled once per machine with the system C++ compiler (``$CXX`` or ``c++``)
+against the FFI headers jaxlib ships (``jax.ffi.include_dir()``), with ``-O3 -march=native
+-fopenmp``, into a cache directory (``$QUASIRL_CACHE_DIR``, else ``$XDG_CACHE_HOME/quasirl``,
+else ``~/.cache/quasirl``) under a name that hashes the source, the flags, the compiler, jaxlib
+and the CPU's feature flags; the build writes a temporary file and renames it, so concurrent
+processes are safe. Where no compiler works (or ``QUASIRL_NATIVE=0``), :func:`status` says why
+and every function uses the XLA path, with the same results to rounding.
+
+Under differentiation the primal still runs the kernel and the tangent is the XLA path's
+(``jax.custom_jvp``); under ``vmap`` the kernel runs once per batch entry.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+SOURCE = Path(__file__).with_name("_kron_cpu.cc")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
+TARGETS = {np.dtype(np.float32): ("quasirl_kron_f32", "QuasirlKronF32"),
+           np.dtype(np.float64): ("quasirl_kron_f64", "QuasirlKronF64")}
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("QUASIRL_CACHE_DIR"):
+        return Path(os.environ["QUASIRL_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "quasirl"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler_id(cxx: str) -> str:
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+        return out.stdout.splitlines()[0] if out.stdout else cxx
+    except (OSError, subprocess.SubprocessError):
+        return cxx
+
+
+def _build(cxx: str, openmp: bool) -> Path:
+    flags = FLAGS + (("-fopenmp",) if openmp else ())
+    inc = jax.ffi.include_dir()
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([
+        src, " ".join(flags).encode(), _compiler_id(cxx).encode(),
+        jax.__version__.encode(), jaxlib.__version__.encode(), _cpu_flags().encode(),
+        platform.machine().encode(),
+    ])).hexdigest()[:20]
+    out = cache_dir() / f"kron_cpu-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [cxx, *flags, f"-I{inc}", str(SOURCE), "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise OSError(f"{' '.join(cmd)} failed: {res.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load() -> dict:
+    if os.environ.get("QUASIRL_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return {"available": False, "reason": "disabled by QUASIRL_NATIVE=0", "path": None}
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        return {"available": False, "reason": "no C++ compiler ($CXX, c++, g++)", "path": None}
+    errors = []
+    for openmp in (True, False):
+        try:
+            path = _build(cxx, openmp)
+            lib = ctypes.cdll.LoadLibrary(str(path))
+            for name, symbol in TARGETS.values():
+                jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                            platform="cpu")
+            return {"available": True, "reason": None, "path": str(path), "openmp": openmp,
+                    "_lib": lib}
+        except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+            errors.append(str(exc))
+    return {"available": False, "reason": "; ".join(errors), "path": None}
+
+
+def status() -> dict:
+    """Whether the native CPU kernel is in use: {'available', 'reason', 'path', 'openmp'}.
+
+    The first call builds (or finds in the cache) and registers the kernel.
+    """
+    with _lock:
+        if not _state:
+            _state.update(_load())
+    return {k: v for k, v in _state.items() if not k.startswith("_")}
+
+
+def available() -> bool:
+    return bool(status()["available"]) and jax.default_backend() == "cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# the operator
+# --------------------------------------------------------------------------------------------
+def _ffi(x, w, m, scale, weighted: bool, normalize: bool):
+    name = TARGETS[np.dtype(x.dtype)][0]
+    out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), x.dtype))
+    # y may take x's buffer (the kernel reads each block of x before writing it): inside a
+    # scan the new state then overwrites the old one instead of being copied into it
+    call = jax.ffi.ffi_call(name, out, vmap_method="sequential", input_output_aliases={0: 0})
+    return call(x, w, m, scale, weighted=np.int32(weighted), normalize=np.int32(normalize))
+
+
+def reference(x, w, u, v, scale, weighted: bool, normalize: bool, groups):
+    """The XLA path: (c Q (w * x), sum(w * x)) with grouped Kronecker blocks."""
+    from ._sequence_kron import apply_blocks, blocks
+
+    y = w * x if weighted else x
+    s = jnp.sum(y)
+    c = scale / s if normalize else scale
+    return apply_blocks(y, blocks(u, v, groups), c), s
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
+def native(x, w, u, v, scale, weighted: bool, normalize: bool, groups):
+    """The kernel: (c Q (w * x), sum(w * x)); ``groups`` only shapes the tangent's XLA path."""
+    from ._sequence_kron import site_matrices
+
+    m = site_matrices(u, v)
+    if not weighted:
+        w = jnp.zeros((1,), x.dtype)
+    return _ffi(x, w, m, jnp.asarray(scale, x.dtype), weighted, normalize)
+
+
+@native.defjvp
+def _native_jvp(weighted, normalize, groups, primals, tangents):
+    out = native(*primals, weighted, normalize, groups)
+    _, dout = jax.jvp(lambda *a: reference(*a, weighted, normalize, groups), primals, tangents)
+    return out, dout
