@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _native
 from . import _validate as V
 from ._mdp import MDP
 from .semiring import (
@@ -256,8 +257,37 @@ def _soft_policy_one(tab: _Push, T, horizon: int, A: int):
 # --------------------------------------------------------------------------------------------
 # batched, jitted entry points (vmap over temperatures)
 # --------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("horizon", "maxplus"))
-def _free_energy_batch(mdp: MDP, T, horizon: int, maxplus: bool = False):
+# The native CPU kernel (quasirl/_pull_cpu.cc) runs the float32 forward recursion of sparse
+# MDPs (at most this many entries enter a state); the XLA path does everything else: float64,
+# dense tables, T = 0 alone (its max-plus kernel has no exp to save), and every derivative.
+NATIVE_MAX_J = 64
+
+
+def _use_native(mdp: MDP, maxplus: bool) -> bool:
+    return (not maxplus and np.dtype(mdp.prob.dtype) == np.float32
+            and mdp.pred.shape[1] <= NATIVE_MAX_J and _native.available())
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _forward_native(mdp: MDP, T, horizon: int):
+    tab = _pull_tables(mdp)
+    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
+    return _native.pull_forward(u0, tab.src, tab.logw, tab.rew, T, horizon)
+
+
+@_forward_native.defjvp
+def _forward_native_jvp(horizon, primals, tangents):
+    # derivatives (and the primal that comes with them) are the XLA path's
+    return jax.jvp(lambda m, t: _forward_values(_pull_tables(m), t, horizon), primals, tangents)
+
+
+@partial(jax.jit, static_argnames=("horizon", "maxplus", "native"))
+def _free_energy_batch(mdp: MDP, T, horizon: int, maxplus: bool = False,
+                       native: bool | None = None):
+    if native is None:
+        native = _use_native(mdp, maxplus)
+    if native:
+        return _forward_native(mdp, T, horizon)
     return _forward_values(_pull_tables(mdp), T, horizon, maxplus)
 
 

@@ -5,14 +5,14 @@
 //
 // Site j is bit p = L-1-j of the genotype index; M is [L, 2, 2] with M[j][new][old].
 // Q is applied as per-bit butterflies, cache-blocked so that the vector is read and written
-// about twice per call instead of once per bit (quasirl/_sequence_native.py explains the
+// about twice per call instead of once per bit (quasirl/_native.py explains the
 // layout and benchmarks/NOTES.md the measurements):
 //   pass A: blocks of 2^KA contiguous entries (L1-resident): load w*x, the lowest log2(lanes)
 //           bits inside SIMD registers (a lane shuffle per bit), the remaining bits < KA as
 //           radix-8/4/2 butterflies between vectors; the block sums give S;
 //   pass B: the bits >= KA in groups, each group on tiles [2^bits rows x W columns] that fit
 //           in L2; the factor c is folded into the coefficients of the last bit.
-// Explicit 64-byte GCC vector types keep the inner loops SIMD without -ffast-math (which
+// Register-wide GCC vector types keep the inner loops SIMD without -ffast-math (which
 // would also switch the whole process to flush-to-zero when linked into a shared library).
 
 #include <cmath>
@@ -27,24 +27,32 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// One SIMD register: 64 bytes with AVX-512, else 32 (a wider GCC vector type would be split
+// into several registers and passed through memory between functions).
+#if defined(__AVX512F__)
+constexpr int VBYTES = 64;
+#else
+constexpr int VBYTES = 32;
+#endif
+
 template <typename T>
 struct V;
 template <>
 struct V<float> {
-  typedef float vec __attribute__((vector_size(64)));
-  typedef float uvec __attribute__((vector_size(64), aligned(4)));
-  typedef int32_t ivec __attribute__((vector_size(64)));
-  static constexpr int lanes = 16;
-  static constexpr int log_lanes = 4;
+  typedef float vec __attribute__((vector_size(VBYTES)));
+  typedef float uvec __attribute__((vector_size(VBYTES), aligned(4)));
+  typedef int32_t ivec __attribute__((vector_size(VBYTES)));
+  static constexpr int lanes = VBYTES / 4;
+  static constexpr int log_lanes = VBYTES == 64 ? 4 : 3;
   static constexpr int block_bits = 13;  // 32 KiB blocks in pass A
 };
 template <>
 struct V<double> {
-  typedef double vec __attribute__((vector_size(64)));
-  typedef double uvec __attribute__((vector_size(64), aligned(8)));
-  typedef int64_t ivec __attribute__((vector_size(64)));
-  static constexpr int lanes = 8;
-  static constexpr int log_lanes = 3;
+  typedef double vec __attribute__((vector_size(VBYTES)));
+  typedef double uvec __attribute__((vector_size(VBYTES), aligned(8)));
+  typedef int64_t ivec __attribute__((vector_size(VBYTES)));
+  static constexpr int lanes = VBYTES / 8;
+  static constexpr int log_lanes = VBYTES == 64 ? 3 : 2;
   static constexpr int block_bits = 12;
 };
 
@@ -56,11 +64,10 @@ template <typename T>
 inline void store(T* p, typename V<T>::vec v) {
   *reinterpret_cast<typename V<T>::uvec*>(p) = v;
 }
+// a in every lane (one broadcast: a lane-by-lane fill compiles to masked inserts)
 template <typename T>
 inline typename V<T>::vec splat(T a) {
-  typename V<T>::vec v;
-  for (int i = 0; i < V<T>::lanes; ++i) v[i] = a;
-  return v;
+  return a - typename V<T>::vec{};
 }
 
 // Per-bit coefficients: y0 = m00 a + m01 b, y1 = m10 a + m11 b for the pair (a, b) = (bit 0,
@@ -275,7 +282,7 @@ void apply(const T* x, const T* w, bool weighted, const T* M, int L, T scale, bo
     const long ntiles = long((n >> p1) * ncol);
 #pragma omp parallel
     {
-      std::vector<T> tile_store(R * W + lanes);
+      std::vector<T> tile_store(R * W + 64 / sizeof(T));  // room to align to 64 bytes
       T* tile = tile_store.data();
       while (reinterpret_cast<uintptr_t>(tile) % 64) ++tile;
 #pragma omp for schedule(static)

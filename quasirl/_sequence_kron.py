@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _sequence_native
+from . import _native
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
 
 __all__ = [
@@ -225,20 +225,20 @@ def resolve_kernel(kernel, groups) -> bool:
         if groups is not None:
             raise QuasirlValueError("groups sets the XLA path's blocks: use it with kernel='xla' "
                                     "or 'auto', not kernel='native'")
-        st = _sequence_native.status()
+        st = _native.status()
         if not st["available"]:
             raise QuasirlValueError(f"kernel='native' is not available here: {st['reason']}")
         if jax.default_backend() != "cpu":
             raise QuasirlValueError(
                 f"kernel='native' runs on CPUs; the default backend is {jax.default_backend()}")
         return True
-    return groups is None and _sequence_native.available()
+    return groups is None and _native.available()
 
 
 def kernel_status() -> dict:
     """The native CPU kernel for Q: whether it is built and in use by ``kernel="auto"``
     ({'available', 'reason', 'path', 'openmp', 'backend'}); building it on first call."""
-    st = dict(_sequence_native.status())
+    st = dict(_native.status())
     st["backend"] = jax.default_backend()
     return st
 
@@ -248,8 +248,8 @@ def apply_q(x, w, u, v, scale, *, weighted: bool, normalize: bool, groups, nativ
     (w is ignored unless ``weighted``): the native kernel or the XLA blocks."""
     scale = jnp.asarray(scale, x.dtype)
     if native:
-        return _sequence_native.native(x, w, u, v, scale, weighted, normalize, groups)
-    return _sequence_native.reference(x, w, u, v, scale, weighted, normalize, groups)
+        return _native.native(x, w, u, v, scale, weighted, normalize, groups)
+    return _native.reference(x, w, u, v, scale, weighted, normalize, groups)
 
 
 def _ck_rates(u, v, dt):

@@ -2,14 +2,9 @@
 
 Oracles: the dense 2^L x 2^L matrix (numpy.kron, L <= 10) and the XLA path of grouped
 Kronecker blocks (its own tests hold it to the dense matrix and a dense eigen-decomposition);
-loops for vmap; the XLA path's derivatives for grad. The fallback when no kernel can be built
-is run in subprocesses with a broken compiler and with QUASIRL_NATIVE=0.
+loops for vmap; the XLA path's derivatives for grad. Building, the 8-lane build and the
+fallback when no kernel can be built: tests/test_native_build.py.
 """
-
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -162,46 +157,3 @@ def test_kernel_argument_errors():
     assert resolve_kernel("auto", None) is True
     assert resolve_kernel("auto", (3, 3)) is False
     assert resolve_kernel("xla", None) is False
-
-
-_PROBE = """
-import json, numpy as np
-from quasirl import sequence as S
-st = S.kernel_status()
-f = S.single_peak(8, 3.0)
-auto = np.asarray(S.stationary(f, 0.02).distribution)
-xla = np.asarray(S.stationary(f, 0.02, kernel="xla").distribution)
-try:
-    S.stationary(f, 0.02, kernel="native")
-    err = None
-except ValueError as e:
-    err = str(e)
-print(json.dumps({"status": {k: st[k] for k in ("available", "reason", "path")},
-                  "same": bool(np.array_equal(auto, xla)), "err": err}))
-"""
-
-
-def _probe(env_extra, tmp_path):
-    env = {**os.environ, "QUASIRL_CACHE_DIR": str(tmp_path / "cache"), **env_extra}
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
-                         env=env, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_fallback_without_a_compiler_and_when_disabled(tmp_path):
-    r = _probe({"CXX": "/bin/false"}, tmp_path)
-    assert not r["status"]["available"] and "failed" in r["status"]["reason"]
-    assert r["same"] and "not available here" in r["err"] and "failed" in r["err"]
-    r = _probe({"QUASIRL_NATIVE": "0"}, tmp_path)
-    assert not r["status"]["available"] and "QUASIRL_NATIVE=0" in r["status"]["reason"]
-    assert r["same"] and "QUASIRL_NATIVE=0" in r["err"]
-
-
-def test_fresh_build_into_an_empty_cache(tmp_path):
-    r = _probe({}, tmp_path)
-    assert r["status"]["available"], r["status"]["reason"]
-    assert r["status"]["path"].startswith(str(tmp_path / "cache"))
-    assert r["err"] is None
-    again = _probe({}, tmp_path)  # the second process finds the cached library
-    assert again["status"]["path"] == r["status"]["path"]

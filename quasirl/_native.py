@@ -1,21 +1,27 @@
-"""The CPU kernel for Eigen's mutation operator: a C++ XLA FFI custom call, built on first use.
+"""quasirl's native CPU kernels: C++ XLA FFI custom calls, built on first use.
 
-``_kron_cpu.cc`` applies y = c Q (w * x) (c = scale, or scale / sum(w * x) when normalising)
-as cache-blocked per-bit butterflies: about two passes over the vector and 2 multiply-adds +
-2 adds per pair and bit, where the grouped matrix products of the XLA path
-(:func:`quasirl._sequence_kron.apply_blocks`) cost one pass and 2^(g+1) flops per entry for
-every block of g sites (benchmarks/NOTES.md has the measurements).
+* ``_kron_cpu.cc``: Eigen's mutation operator, y = c Q (w * x) (c = scale, or scale / sum(w * x)
+  when normalising) as cache-blocked per-bit butterflies: about two passes over the vector
+  and 2 multiply-adds + 2 adds per pair and bit, where the grouped matrix products of the XLA
+  path (:func:`quasirl._sequence_kron.apply_blocks`) cost one pass and 2^(g+1) flops per
+  entry for every block of g sites.
+* ``_pull_cpu.cc``: the log-space forward recursion of ``free_energy`` in float32 for sparse
+  MDPs, all temperatures at once, with vectorised exp and log polynomials (XLA's exp is the
+  bottleneck of the XLA path on CPUs).
 
-The source is compiled once per machine with the system C++ compiler (``$CXX`` or ``c++``)
-against the FFI headers jaxlib ships (``jax.ffi.include_dir()``), with ``-O3 -march=native
--fopenmp``, into a cache directory (``$QUASIRL_CACHE_DIR``, else ``$XDG_CACHE_HOME/quasirl``,
-else ``~/.cache/quasirl``) under a name that hashes the source, the flags, the compiler, jaxlib
-and the CPU's feature flags; the build writes a temporary file and renames it, so concurrent
-processes are safe. Where no compiler works (or ``QUASIRL_NATIVE=0``), :func:`status` says why
-and every function uses the XLA path, with the same results to rounding.
+benchmarks/NOTES.md has the measurements. Both sources are compiled once per machine, into
+one library, with the system C++ compiler (``$CXX`` or ``c++``) against the FFI headers jaxlib
+ships (``jax.ffi.include_dir()``), with ``-O3 -march=native -fopenmp`` (``$QUASIRL_NATIVE_MARCH``
+overrides ``native``; the code uses 16-lane vectors where the target has AVX-512, 8 lanes
+otherwise), into a cache directory
+(``$QUASIRL_CACHE_DIR``, else ``$XDG_CACHE_HOME/quasirl``, else ``~/.cache/quasirl``) under a
+name that hashes the sources, the flags, the compiler, jaxlib and the CPU's feature flags; the
+build writes a temporary file and renames it, so concurrent processes are safe. Where no
+compiler works (or ``QUASIRL_NATIVE=0``), :func:`status` says why and every function uses the
+XLA path, with the same results to rounding.
 
 Under differentiation the primal still runs the kernel and the tangent is the XLA path's
-(``jax.custom_jvp``); under ``vmap`` the kernel runs once per batch entry.
+(``jax.custom_jvp``); under ``vmap`` a kernel runs once per batch entry.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-SOURCE = Path(__file__).with_name("_kron_cpu.cc")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
+SOURCES = (Path(__file__).with_name("_kron_cpu.cc"), Path(__file__).with_name("_pull_cpu.cc"))
+FLAGS = ("-O3", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {np.dtype(np.float32): ("quasirl_kron_f32", "QuasirlKronF32"),
            np.dtype(np.float64): ("quasirl_kron_f64", "QuasirlKronF64")}
+PULL_TARGET = ("quasirl_pull_f32", "QuasirlPullF32")
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -72,22 +79,22 @@ def _compiler_id(cxx: str) -> str:
 
 
 def _build(cxx: str, openmp: bool) -> Path:
-    flags = FLAGS + (("-fopenmp",) if openmp else ())
+    march = os.environ.get("QUASIRL_NATIVE_MARCH", "native")
+    flags = (*FLAGS, f"-march={march}", *(("-fopenmp",) if openmp else ()))
     inc = jax.ffi.include_dir()
-    src = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([
-        src, " ".join(flags).encode(), _compiler_id(cxx).encode(),
+        *(p.read_bytes() for p in SOURCES), " ".join(flags).encode(), _compiler_id(cxx).encode(),
         jax.__version__.encode(), jaxlib.__version__.encode(), _cpu_flags().encode(),
         platform.machine().encode(),
     ])).hexdigest()[:20]
-    out = cache_dir() / f"kron_cpu-{key}.so"
+    out = cache_dir() / f"native_cpu-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cxx, *flags, f"-I{inc}", str(SOURCE), "-o", tmp]
+        cmd = [cxx, *flags, f"-I{inc}", *map(str, SOURCES), "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {res.stderr.strip()[-2000:]}")
@@ -109,7 +116,7 @@ def _load() -> dict:
         try:
             path = _build(cxx, openmp)
             lib = ctypes.cdll.LoadLibrary(str(path))
-            for name, symbol in TARGETS.values():
+            for name, symbol in (*TARGETS.values(), PULL_TARGET):
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                             platform="cpu")
             return {"available": True, "reason": None, "path": str(path), "openmp": openmp,
@@ -120,9 +127,9 @@ def _load() -> dict:
 
 
 def status() -> dict:
-    """Whether the native CPU kernel is in use: {'available', 'reason', 'path', 'openmp'}.
+    """Whether the native CPU kernels are in use: {'available', 'reason', 'path', 'openmp'}.
 
-    The first call builds (or finds in the cache) and registers the kernel.
+    The first call builds (or finds in the cache) and registers the kernels.
     """
     with _lock:
         if not _state:
@@ -135,9 +142,16 @@ def available() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# the operator
+# Eigen's mutation operator
 # --------------------------------------------------------------------------------------------
+def _require():
+    st = status()
+    if not st["available"]:
+        raise RuntimeError(f"quasirl's native CPU kernels are not available: {st['reason']}")
+
+
 def _ffi(x, w, m, scale, weighted: bool, normalize: bool):
+    _require()
     name = TARGETS[np.dtype(x.dtype)][0]
     out = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((), x.dtype))
     # y may take x's buffer (the kernel reads each block of x before writing it): inside a
@@ -169,6 +183,18 @@ def native(x, w, u, v, scale, weighted: bool, normalize: bool, groups):
 
 @native.defjvp
 def _native_jvp(weighted, normalize, groups, primals, tangents):
-    out = native(*primals, weighted, normalize, groups)
-    _, dout = jax.jvp(lambda *a: reference(*a, weighted, normalize, groups), primals, tangents)
-    return out, dout
+    # the XLA path computes the primal as part of its jvp: use it rather than run both
+    return jax.jvp(lambda *a: reference(*a, weighted, normalize, groups), primals, tangents)
+
+
+# --------------------------------------------------------------------------------------------
+# the forward recursion of free_energy
+# --------------------------------------------------------------------------------------------
+def pull_forward(u0, src, logw, rew, T, horizon: int):
+    """F [B] from u0 [S, B] (T log init), the pull tables src/logw/rew [S, J] and T [B]
+    (float32): the log-space forward recursion over ``horizon`` steps, normalised each step."""
+    _require()
+    out = jax.ShapeDtypeStruct(T.shape, jnp.float32)
+    call = jax.ffi.ffi_call(PULL_TARGET[0], out, vmap_method="sequential")
+    return call(u0.astype(jnp.float32), src.astype(jnp.int32), logw.astype(jnp.float32),
+                rew.astype(jnp.float32), T.astype(jnp.float32), horizon=np.int64(horizon))

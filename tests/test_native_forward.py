@@ -1,0 +1,125 @@
+"""The native float32 forward kernel of free_energy against independent oracles.
+
+Oracles: every path enumerated (tests/oracles.py) for small MDPs; the XLA float64 recursion
+(itself held to the path oracle in test_dynamics.py) for larger ones; the XLA float32 path
+for derivatives and vmap.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracles import all_paths, brute_F
+
+import quasirl as qr
+from quasirl import _dynamics as D
+from quasirl import _native
+
+pytestmark = pytest.mark.skipif(not _native.status()["available"],
+                                reason=f"native kernels not built: {_native.status()['reason']}")
+
+TEMPS = np.array([0.0, 1e-3, 0.01, 0.05, 0.3, 1.0, 4.0, 1e3], np.float32)
+
+
+def _native_F(mdp, T, H):
+    return np.asarray(D._free_energy_batch(mdp, jnp.asarray(T, jnp.float32), H, native=True))
+
+
+def _to64(mdp):
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        mdp)
+
+
+def _f64_F(mdp, T, H):
+    m64 = _to64(mdp)
+    return np.asarray(D._free_energy_batch(m64, jnp.asarray(T, jnp.float64), H, native=False))
+
+
+def _close(a, b, scale, T=None, mdp=None, H=0):
+    """float32 rounding: 3e-6 of the value scale, plus (T > 0) ~ulp(T log w) per step, since
+    F = T log Z carries terms T log w_j that cancel."""
+    atol = 3e-6 * scale * np.ones_like(b)
+    if T is not None:
+        w = np.asarray(mdp.policy, np.float64)[:, :, None] * np.asarray(mdp.prob)
+        big = float(np.abs(np.log(w[w > 0])).max(initial=0.0)) + 1.0
+        atol = atol + 3e-7 * np.asarray(T, np.float64) * big * (H + 1)
+    err = np.abs(np.asarray(a, np.float64) - b)
+    assert np.all(err <= atol), f"errors {err} above tolerances {atol}"
+
+
+def test_native_equals_enumeration_of_every_path():
+    mdp = qr.random_mdp(jax.random.key(0), 4, 2, 2, dtype=np.float32)
+    H = 4
+    P, R = mdp.dense()
+    paths = all_paths(P, R, np.asarray(mdp.init, np.float64), np.asarray(mdp.policy, np.float64),
+                      H)
+    got = _native_F(mdp, TEMPS, H)
+    want = np.array([brute_F(paths, float(t)) for t in TEMPS])
+    _close(got, want, 1 + np.abs(want).max() + float(np.abs(paths[3]).max()), TEMPS, mdp, H)
+
+
+@pytest.mark.parametrize("case", ["grid", "random-deterministic", "random-stochastic",
+                                  "sparse-policy-and-init"])
+def test_native_equals_float64_recursion(case):
+    rng = np.random.default_rng(1)
+    if case == "grid":
+        mdp, H = qr.gridworld(12, 9, dtype=np.float32), 40
+    elif case == "random-deterministic":
+        mdp, H = qr.random_mdp(jax.random.key(2), 60, 3, 1, reward_scale=3.0,
+                               dtype=np.float32), 25
+    elif case == "random-stochastic":
+        mdp, H = qr.random_mdp(jax.random.key(3), 40, 4, 3, dtype=np.float32), 25
+    else:  # zero-probability actions (padding with log w = -inf) and unreachable states
+        mdp = qr.random_mdp(jax.random.key(4), 50, 3, 2, dtype=np.float32)
+        pol = np.asarray(mdp.policy) * (rng.random(mdp.policy.shape) < 0.6)
+        pol[:, 0] += pol.sum(1) == 0
+        pol /= pol.sum(1, keepdims=True)
+        init = np.zeros(50, np.float32)
+        init[[3, 7]] = 0.5
+        mdp, H = mdp.replace(policy=pol.astype(np.float32), init=init), 30
+    got = _native_F(mdp, TEMPS, H)
+    want = _f64_F(mdp, TEMPS, H)
+    assert np.isfinite(got).all()
+    _close(got, want, H * (1 + float(np.abs(np.asarray(mdp.reward)).max())), TEMPS, mdp, H)
+    # T = 0 lanes run the max-plus recursion (no exp): float32 rounding of the exact maximum
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+
+
+def test_native_extreme_temperatures_and_rewards():
+    mdp = qr.random_mdp(jax.random.key(5), 30, 3, 2, reward_scale=1e3, dtype=np.float32)
+    T = np.array([1e-6, 1e-3, 1.0, 1e3], np.float32)
+    got, want = _native_F(mdp, T, 15), _f64_F(mdp, T, 15)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+
+
+def test_native_horizon_zero_and_batch_shapes():
+    mdp = qr.gridworld(5, 4, dtype=np.float32)
+    for T in (np.array([0.5], np.float32), np.linspace(0.1, 2, 17).astype(np.float32),
+              np.linspace(0.1, 2, 33).astype(np.float32)):  # 1, 17, 33 lanes (padding)
+        for H in (0, 1, 7):
+            _close(_native_F(mdp, T, H), _f64_F(mdp, T, H), 1 + H, T, mdp, H)
+
+
+def test_native_is_the_default_and_derivatives_are_the_xla_paths():
+    mdp = qr.gridworld(8, 8, dtype=np.float32)
+    T = jnp.asarray(TEMPS[1:])
+    assert D._use_native(mdp, maxplus=False)
+    assert not D._use_native(mdp, maxplus=True)
+    assert not D._use_native(_to64(mdp), maxplus=False)
+    np.testing.assert_array_equal(np.asarray(qr.free_energy(mdp, T, 12)), _native_F(mdp, T, 12))
+
+    def total(r, native):
+        return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 12, native=native))
+
+    g_n = jax.grad(total)(mdp.reward, True)
+    g_x = jax.grad(total)(mdp.reward, False)
+    np.testing.assert_array_equal(np.asarray(g_n), np.asarray(g_x))
+    jn = jax.jvp(lambda t: D._free_energy_batch(mdp, t, 12, native=True), (T,), (T,))
+    jx = jax.jvp(lambda t: D._free_energy_batch(mdp, t, 12, native=False), (T,), (T,))
+    np.testing.assert_array_equal(np.asarray(jn[1]), np.asarray(jx[1]))
+    rs = jnp.stack([mdp.reward, 0.5 * mdp.reward, -mdp.reward])
+    vm = jax.vmap(lambda r: D._free_energy_batch(mdp.replace(reward=r), T, 12, native=True))(rs)
+    loop = np.stack([_native_F(mdp.replace(reward=r), T, 12) for r in rs])
+    np.testing.assert_array_equal(np.asarray(vm), loop)
