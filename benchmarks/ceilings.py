@@ -6,7 +6,9 @@
   ceiling (the conservative choice: a higher ceiling makes our floor fractions smaller).
 - matmul rate: a large float32 matrix product (2 n^3 flops).
 - exp rate: exp of a cache-resident float32 array, iterated inside one jit (transcendental
-  throughput; the log-space kernels are bound by it on CPUs).
+  throughput; the XLA log-space kernels are bound by it on CPUs), and on CPUs the same with
+  the native kernels' SIMD exp (quasirl/_pull_cpu.cc) where they are built; the larger is
+  the ceiling (the native forward kernel is not bound by XLA's exp).
 """
 
 from __future__ import annotations
@@ -75,7 +77,36 @@ def exp_rate(n: int, iters: int, repeats: int = 3) -> dict:
 
     block(f(x))
     t = _best(lambda: f(x), repeats)
-    return {"exp_per_s": n * iters / t, "exp_n": n}
+    out = {"exp_per_s": n * iters / t, "exp_xla_per_s": n * iters / t, "exp_n": n}
+    native = native_exp_rate(n, iters, repeats)
+    if native is not None:
+        out["exp_native_per_s"] = native
+        out["exp_per_s"] = max(out["exp_per_s"], native)
+    return out
+
+
+def native_exp_rate(n: int, iters: int, repeats: int = 3) -> float | None:
+    """exp evaluations per second of the native kernels' SIMD exp (None off CPUs or where
+    they are not built), same array and passes as :func:`exp_rate`."""
+    if jax.default_backend() != "cpu":
+        return None
+    from quasirl import _native
+
+    if not _native.status()["available"]:
+        return None
+    import ctypes
+
+    fn = _native._state["_lib"].QuasirlExpBench
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    x = np.linspace(-1.0, 0.0, n, dtype=np.float32)
+    ptr = x.ctypes.data
+    fn(ptr, n, 1)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(ptr, n, iters)
+        best = min(best, time.perf_counter() - t0)
+    return n * iters / best
 
 
 def measure(quick: bool = False) -> dict:

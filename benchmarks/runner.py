@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ceil = ceilings.measure(quick=a.quick)
     record["ceilings"] = ceil
     print(f"  bandwidth {ceil['bandwidth_Bps'] / 1e9:.1f} GB/s, matmul "
-          f"{ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, exp {ceil['exp_per_s'] / 1e9:.2f} G/s",
-          flush=True)
+          f"{ceil['matmul_flops'] / 1e9:.0f} GFLOP/s, exp {ceil['exp_per_s'] / 1e9:.2f} G/s"
+          f" (XLA {ceil['exp_xla_per_s'] / 1e9:.2f})", flush=True)
     cfg = plan(a)
     record["config"] = {k: cfg[k] for k in only}
     rows, errors = [], {}

@@ -260,6 +260,23 @@ void forward(const float* u0, const int32_t* src, const float* logw, const float
 
 }  // namespace
 
+// The kernel's exp throughput, for the benchmarks' measured ceilings: x <- 2^(-|x|), iters
+// times over x[0..n) (n a multiple of the lane count; each thread keeps its chunk in L1).
+extern "C" __attribute__((visibility("default"))) void QuasirlExpBench(float* x, int64_t n,
+                                                                      int64_t iters) {
+  const int64_t chunk = 64 * LANES;
+#pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+    const int64_t c1 = c0 + chunk < n ? c0 + chunk : n;
+    for (int64_t it = 0; it < iters; ++it) {
+      for (int64_t i = c0; i < c1; i += LANES) {
+        const vf v = vload(x + i);
+        vstore(x + i, vexp2_neg(vmax(v, -v) * splat(-1.0f)));
+      }
+    }
+  }
+}
+
 ffi::Error PullImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
                     ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                     ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F, int64_t horizon) {
