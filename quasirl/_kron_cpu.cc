@@ -21,19 +21,14 @@
 #include <cstring>
 #include <vector>
 
+#include "_native_simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// One SIMD register: 64 bytes with AVX-512, else 32 (a wider GCC vector type would be split
-// into several registers and passed through memory between functions).
-#if defined(__AVX512F__)
-constexpr int VBYTES = 64;
-#else
-constexpr int VBYTES = 32;
-#endif
+constexpr int VBYTES = QUASIRL_VBYTES;  // one SIMD register (_native_simd.h)
 
 template <typename T>
 struct V;

@@ -43,6 +43,7 @@ import jaxlib
 import numpy as np
 
 SOURCES = (Path(__file__).with_name("_kron_cpu.cc"), Path(__file__).with_name("_pull_cpu.cc"))
+HEADERS = (Path(__file__).with_name("_native_simd.h"),)
 FLAGS = ("-O3", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {np.dtype(np.float32): ("quasirl_kron_f32", "QuasirlKronF32"),
            np.dtype(np.float64): ("quasirl_kron_f64", "QuasirlKronF64")}
@@ -83,7 +84,8 @@ def _build(cxx: str, openmp: bool) -> Path:
     flags = (*FLAGS, f"-march={march}", *(("-fopenmp",) if openmp else ()))
     inc = jax.ffi.include_dir()
     key = hashlib.sha256(b"\0".join([
-        *(p.read_bytes() for p in SOURCES), " ".join(flags).encode(), _compiler_id(cxx).encode(),
+        *(p.read_bytes() for p in SOURCES + HEADERS), " ".join(flags).encode(),
+        _compiler_id(cxx).encode(),
         jax.__version__.encode(), jaxlib.__version__.encode(), _cpu_flags().encode(),
         platform.machine().encode(),
     ])).hexdigest()[:20]

@@ -24,23 +24,18 @@
 #include <immintrin.h>
 #endif
 
+#include "_native_simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-// One SIMD register of floats: 16 lanes with AVX-512, else 8 (a wider GCC vector type would be
-// split into several registers and passed through memory between functions).
-#if defined(__AVX512F__)
-constexpr int LANES = 16;
-#else
-constexpr int LANES = 8;
-#endif
+constexpr int LANES = QUASIRL_VBYTES / 4;  // one SIMD register of floats (_native_simd.h)
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef float uvf __attribute__((vector_size(4 * LANES), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));
-#define QI static inline __attribute__((always_inline))
+#define QI QUASIRL_INLINE
 
 // a in every lane (one broadcast: a lane-by-lane fill compiles to 16 masked inserts)
 QI vf splat(float a) { return a - vf{}; }
