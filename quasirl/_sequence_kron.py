@@ -96,24 +96,33 @@ def check_fitness(fitness, name: str = "fitness") -> int:
     return L
 
 
+def check_per_site(x, name: str, L: int):
+    """A scalar or a per-site [L] array of numbers: its numpy form (concrete input), else None
+    after a shape check of the traced value."""
+    if not is_concrete(x):
+        if jnp.ndim(x) > 1 or (jnp.ndim(x) == 1 and jnp.shape(x)[0] != L):
+            raise QuasirlValueError(f"{name} must be a scalar or have shape ({L},)")
+        return None
+    a = np.asarray(x)
+    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
+        raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {x!r}")
+    if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != L):
+        raise QuasirlValueError(
+            f"{name} must be a scalar or a per-site array of shape (L,) = ({L},), "
+            f"got shape {a.shape}"
+        )
+    return a
+
+
 def _check_rate_array(rate, name: str, L: int):
-    if is_concrete(rate):
-        a = np.asarray(rate)
-        if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-            raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {rate!r}")
-        if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != L):
-            raise QuasirlValueError(
-                f"{name} must be a scalar or a per-site array of shape (L,) = ({L},), "
-                f"got shape {a.shape}"
-            )
+    a = check_per_site(rate, name, L)
+    if a is not None:
         af = np.atleast_1d(a)
         bad = ~np.isfinite(af) | (af < 0) | (af > 1)
         if bad.any():
             i = int(np.argwhere(bad)[0][0])
             where = f"{name}[{i}]" if a.ndim == 1 else name
             raise QuasirlValueError(f"{name} must be in [0, 1], but {where} = {af[i].item()!r}")
-    elif jnp.ndim(rate) > 1 or (jnp.ndim(rate) == 1 and jnp.shape(rate)[0] != L):
-        raise QuasirlValueError(f"{name} must be a scalar or have shape ({L},)")
 
 
 def site_rates(mu, nu, L: int, dtype):

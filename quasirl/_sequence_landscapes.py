@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._sequence_kron import check_L, check_master, hamming_distance
+from ._sequence_kron import check_L, check_master, check_per_site, hamming_distance
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
 
 __all__ = [
@@ -87,15 +87,8 @@ def hamming_landscape(L: int, f_of_distance, master: int = 0):
 
 
 def _per_site(s, L: int, name: str):
-    if is_concrete(s):
-        a = np.asarray(s)
-        if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-            raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {s!r}")
-        if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != L):
-            raise QuasirlValueError(
-                f"{name} must be a scalar or a per-site array of shape (L,) = ({L},), "
-                f"got shape {a.shape}"
-            )
+    a = check_per_site(s, name, L)
+    if a is not None:
         check_finite(name, a)
     return jnp.broadcast_to(jnp.asarray(s, jnp.result_type(float)), (L,))
 
