@@ -19,6 +19,10 @@ pytestmark = pytest.mark.skipif(not _native.status()["available"],
                                 reason=f"native kernels not built: {_native.status()['reason']}")
 
 TEMPS = np.array([0.0, 1e-3, 0.01, 0.05, 0.3, 1.0, 4.0, 1e3], np.float32)
+# The kernel has two paths per vector of 16 (AVX-512) or 8 lanes: value units with the maximum
+# as reference where a lane has T = 0 (TEMPS), log2 units with the first term as reference
+# where every T > 0; 20 positive temperatures run two such vectors at once.
+POSITIVE = np.geomspace(1e-3, 1e3, 20).astype(np.float32)
 
 
 def _native_F(mdp, T, H):
@@ -54,9 +58,11 @@ def test_native_equals_enumeration_of_every_path():
     P, R = mdp.dense()
     paths = all_paths(P, R, np.asarray(mdp.init, np.float64), np.asarray(mdp.policy, np.float64),
                       H)
-    got = _native_F(mdp, TEMPS, H)
-    want = np.array([brute_F(paths, float(t)) for t in TEMPS])
-    _close(got, want, 1 + np.abs(want).max() + float(np.abs(paths[3]).max()), TEMPS, mdp, H)
+    for temps in (TEMPS, POSITIVE):
+        got = _native_F(mdp, temps, H)
+        want = np.array([brute_F(paths, float(t)) for t in temps])
+        _close(got, want, 1 + np.abs(want).max() + float(np.abs(paths[3]).max()), temps, mdp,
+               H)
 
 
 @pytest.mark.parametrize("case", ["grid", "random-deterministic", "random-stochastic",
@@ -78,20 +84,52 @@ def test_native_equals_float64_recursion(case):
         init = np.zeros(50, np.float32)
         init[[3, 7]] = 0.5
         mdp, H = mdp.replace(policy=pol.astype(np.float32), init=init), 30
-    got = _native_F(mdp, TEMPS, H)
-    want = _f64_F(mdp, TEMPS, H)
-    assert np.isfinite(got).all()
-    _close(got, want, H * (1 + float(np.abs(np.asarray(mdp.reward)).max())), TEMPS, mdp, H)
+    scale = H * (1 + float(np.abs(np.asarray(mdp.reward)).max()))
+    for temps in (TEMPS, POSITIVE):
+        got = _native_F(mdp, temps, H)
+        want = _f64_F(mdp, temps, H)
+        assert np.isfinite(got).all()
+        _close(got, want, scale, temps, mdp, H)
     # T = 0 lanes run the max-plus recursion (no exp): float32 rounding of the exact maximum
+    got, want = _native_F(mdp, TEMPS, H), _f64_F(mdp, TEMPS, H)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
 
 
 def test_native_extreme_temperatures_and_rewards():
+    # |R| = 1e3 at T = 1e-6: terms 2^(x_j - x_0) far above 2^64, so the first-term reference
+    # falls back to the maximum (one and two vectors of lanes)
     mdp = qr.random_mdp(jax.random.key(5), 30, 3, 2, reward_scale=1e3, dtype=np.float32)
-    T = np.array([1e-6, 1e-3, 1.0, 1e3], np.float32)
-    got, want = _native_F(mdp, T, 15), _f64_F(mdp, T, 15)
+    for T in (np.array([1e-6, 1e-3, 1.0, 1e3], np.float32),
+              np.geomspace(1e-6, 1e3, 20).astype(np.float32)):
+        got, want = _native_F(mdp, T, 15), _f64_F(mdp, T, 15)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=2e-5)
+
+
+def test_native_temperatures_outside_the_log2_range():
+    # a lane below 1e-20 or above 1e20 sends its vector to the value-unit path; the others
+    # are unaffected
+    mdp = qr.random_mdp(jax.random.key(6), 25, 3, 2, dtype=np.float32)
+    T = np.concatenate([[1e-25, 3e20], np.geomspace(1e-2, 10, 18)]).astype(np.float32)
+    got, want = _native_F(mdp, T, 10), _f64_F(mdp, T, 10)
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, want, rtol=2e-5)
+    _close(got, want, 11.0, T, mdp, 10)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)  # ~ the max-plus value
+
+
+def test_native_large_state_space_and_states_without_predecessors():
+    # S B 4 bytes > 64 MB: the streamed-store path; state 0 has no entering transition
+    S = 600_000
+    s = np.arange(S)
+    nxt = np.stack([np.minimum(s + 1, S - 1), np.maximum(s - 1, 1)], axis=1)
+    rew = np.random.default_rng(7).normal(size=(S, 2)).astype(np.float32)
+    init = np.zeros(S, np.float32)
+    init[:1000] = 1e-3
+    mdp = qr.MDP.deterministic(nxt, rew, init=init)
+    assert int(np.sum(np.asarray(mdp.pred)[0] < S * 2)) == 0
+    T = np.geomspace(0.05, 5, 32).astype(np.float32)
+    got, want = _native_F(mdp, T, 4), _f64_F(mdp, T, 4)
+    _close(got, want, 5 * (1 + float(np.abs(rew).max())), T, mdp, 4)
 
 
 def test_native_horizon_zero_and_batch_shapes():
