@@ -145,8 +145,13 @@ def _forward_values(tab: _Pull, T, horizon: int, maxplus: bool = False):
     The kernel is written for one temperature with the batch on a trailing axis (u is [S, B]):
     each temperature's arithmetic is exactly the single-temperature recursion.
     """
+    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
+    return _forward_from(tab, u0, T, horizon, maxplus)
+
+
+def _forward_from(tab: _Pull, u0, T, horizon: int, maxplus: bool = False):
+    """:func:`_forward_values` from a given u0 [S, B] (value units)."""
     Tb = T[None, :]
-    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], Tb)
     tab = _pull_layout(tab)
 
     # Under reverse-mode autodiff keep only the carry of each step and recompute the step's
@@ -268,17 +273,70 @@ def _use_native(mdp: MDP, maxplus: bool) -> bool:
             and mdp.pred.shape[1] <= NATIVE_MAX_J and _native.available())
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _forward_native(mdp: MDP, T, horizon: int):
+def _native_inputs(mdp: MDP, T):
     tab = _pull_tables(mdp)
     u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
-    return _native.pull_forward(u0, tab.src, tab.logw, tab.rew, T, horizon)
+    return u0, tab.logw, tab.rew
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _forward_native(mdp: MDP, T, horizon: int):
+    u0, logw, rew = _native_inputs(mdp, T)
+    return _native.pull_forward(u0, mdp_src(mdp), logw, rew, T, horizon)
+
+
+def mdp_src(mdp: MDP):
+    return _pull_tables(mdp).src
 
 
 @_forward_native.defjvp
 def _forward_native_jvp(horizon, primals, tangents):
-    # derivatives (and the primal that comes with them) are the XLA path's
-    return jax.jvp(lambda m, t: _forward_values(_pull_tables(m), t, horizon), primals, tangents)
+    # The native adjoint gives F with its sensitivities N = dF/dc (c = T log w + r per entry
+    # and temperature), rho = dF/du0 and Hs = dF/dT at fixed u0 and c; the tangent is linear
+    # in them, so reverse mode (the transpose) needs no further kernel.
+    mdp, T = primals
+    (u0, logw, rew), (du0, dlogw, drew) = jax.jvp(lambda m, t: _native_inputs(m, t),
+                                                  primals, tangents)
+    dT = tangents[1]
+    F, N, rho, Hs = _native_sensitivities(u0, mdp_src(mdp), logw, rew, T, horizon)
+    # dF = sum N (dr + T dlog w + log w dT) + sum rho du0 + Hs dT, contracted term by term
+    # as products and sums (their transposes reduce N over its last axis in place; a dot
+    # would first copy N into another layout); N is 0 on padding, where log w = -inf
+    live = logw > -jnp.inf
+    lw0, dlw0 = jnp.where(live, logw, 0.0), jnp.where(live, dlogw, 0.0)
+
+    def contract(a):  # sum over s, j of N[s, j, b] a[s, j]
+        return jnp.sum(N * a[:, :, None], axis=(0, 1))
+
+    dF = (contract(jnp.where(live, drew, 0.0)) + T * contract(dlw0)
+          + (contract(lw0) + Hs) * dT + jnp.sum(rho * du0, axis=0))
+    return F, dF
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _native_sensitivities(u0, src, logw, rew, T, horizon: int):
+    return _native.pull_forward_backward(u0, src, logw, rew, T, horizon)
+
+
+@_native_sensitivities.defjvp
+def _native_sensitivities_jvp(horizon, primals, tangents):
+    # second derivatives: the XLA path's
+    return jax.jvp(lambda *a: _sensitivities_reference(*a, horizon), primals, tangents)
+
+
+def _sensitivities_reference(u0, src, logw, rew, T, horizon: int):
+    """(F, N, rho, Hs) of :func:`_native.pull_forward_backward` by XLA autodiff."""
+    tab = _Pull(src, logw, rew, jnp.zeros(src.shape[0], logw.dtype))
+
+    def lane(u, r, lw, t):  # F of one temperature; N, rho and dF/dT by its gradient
+        return _forward_from(tab._replace(logw=lw, rew=r), u[:, None], t[None], horizon)[0]
+
+    def one(u, t):
+        F, (rho, N, dT) = jax.value_and_grad(lane, argnums=(0, 1, 3))(u, rew, logw, t)
+        return F, N, rho, dT - jnp.sum(N * jnp.where(logw > -jnp.inf, logw, 0.0))
+
+    F, N, rho, Hs = jax.vmap(one, in_axes=(1, 0))(u0, T)
+    return F, jnp.moveaxis(N, 0, 2), rho.T, Hs
 
 
 @partial(jax.jit, static_argnames=("horizon", "maxplus", "native"))

@@ -48,6 +48,10 @@ FLAGS = ("-O3", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 TARGETS = {np.dtype(np.float32): ("quasirl_kron_f32", "QuasirlKronF32"),
            np.dtype(np.float64): ("quasirl_kron_f64", "QuasirlKronF64")}
 PULL_TARGET = ("quasirl_pull_f32", "QuasirlPullF32")
+PULL_FB_TARGET = ("quasirl_pull_fb_f32", "QuasirlPullFBF32")
+# memory the forward-backward kernel may use for the stored u_t before it recomputes segments
+# from checkpoints instead (bytes; QUASIRL_FB_MEMORY overrides)
+FB_MEMORY = 2 << 30
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -118,7 +122,7 @@ def _load() -> dict:
         try:
             path = _build(cxx, openmp)
             lib = ctypes.cdll.LoadLibrary(str(path))
-            for name, symbol in (*TARGETS.values(), PULL_TARGET):
+            for name, symbol in (*TARGETS.values(), PULL_TARGET, PULL_FB_TARGET):
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                             platform="cpu")
             return {"available": True, "reason": None, "path": str(path), "openmp": openmp,
@@ -200,3 +204,21 @@ def pull_forward(u0, src, logw, rew, T, horizon: int):
     call = jax.ffi.ffi_call(PULL_TARGET[0], out, vmap_method="sequential")
     return call(u0.astype(jnp.float32), src.astype(jnp.int32), logw.astype(jnp.float32),
                 rew.astype(jnp.float32), T.astype(jnp.float32), horizon=np.int64(horizon))
+
+
+def pull_forward_backward(u0, src, logw, rew, T, horizon: int):
+    """The forward recursion and its adjoint in one call (float32), for B temperatures:
+    F [B]; N [S, J, B] = dF/dc for each pull entry (c = T log w + r; 0 on padding), the
+    tempered occupancy; rho [S, B] = dF/du0; Hs [B] = dF/dT at fixed u0 and c (the summed
+    entropies), so dF/dT = Hs + sum N log w. At T = 0 the weights at a maximum are shared
+    equally (the subgradient JAX takes for max)."""
+    _require()
+    S, J = src.shape
+    B = T.shape[0]
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((S, J, B), f32),
+           jax.ShapeDtypeStruct((S, B), f32), jax.ShapeDtypeStruct((B,), f32))
+    budget = int(os.environ.get("QUASIRL_FB_MEMORY", FB_MEMORY))
+    call = jax.ffi.ffi_call(PULL_FB_TARGET[0], out, vmap_method="sequential")
+    return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
+                T.astype(f32), horizon=np.int64(horizon), budget=np.int64(budget))

@@ -19,9 +19,13 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <vector>
+
+#include <sys/mman.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -51,6 +55,42 @@ QI void vstore(float* p, vf v) { *reinterpret_cast<uvf*>(p) = v; }
 QI vf vmax(vf a, vf b) { return a > b ? a : b; }
 // a store that bypasses the caches where the target has one (the next step's input is far
 // larger than the caches, so reading each output line in before writing it is wasted traffic)
+// Ask for 2 MB pages over the 2 MB-aligned part of [p, p + bytes) (an output buffer XLA
+// allocated and nothing has touched yet)
+QI void hint_huge(void* p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+  const uintptr_t align = uintptr_t(2) << 20;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + align - 1) & ~(align - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(align - 1);
+  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#endif
+}
+
+// A large float buffer on 2 MB pages where the kernel allows it (transparent huge pages in
+// "madvise" mode): touching hundreds of MB in 4 KB pages costs more than the steps themselves.
+class Big {
+ public:
+  explicit Big(size_t n, bool zero = false) : n_(n) {
+    const size_t align = size_t(2) << 20;
+    bytes_ = ((n * sizeof(float) + align - 1) / align) * align;
+    if (bytes_ == 0) bytes_ = align;
+    p_ = static_cast<float*>(std::aligned_alloc(align, bytes_));
+    if (p_ == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p_, bytes_, MADV_HUGEPAGE);
+#endif
+    if (zero) std::memset(p_, 0, bytes_);
+  }
+  ~Big() { std::free(p_); }
+  Big(const Big&) = delete;
+  Big& operator=(const Big&) = delete;
+  float* data() const { return p_; }
+
+ private:
+  size_t n_, bytes_;
+  float* p_;
+};
+
 template <bool STREAM>
 QI void vstream(float* p, vf v) {
 #if defined(__AVX512F__)
@@ -361,101 +401,98 @@ void step_states(const Step& T, int64_t s0, int64_t s1, vf* x, vf* x1, vf* mymax
   }
 }
 
-void forward(const float* u0, const int32_t* src, const float* logw, const float* rew,
-             const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, float* F) {
-  const int64_t nv = (B + LANES - 1) / LANES, Bp = nv * LANES;
-  std::vector<Lanes> lanes(nv);
-  std::vector<double> unit(Bp);  // value units per stored unit: T ln 2 (scaled) or 1
-  for (int64_t v = 0; v < nv; ++v) {
-    bool scaled = true;
-    for (int i = 0; i < LANES; ++i) {
-      const int64_t b = v * LANES + i;
-      const float T = b < B ? Tin[b] : 1.0f;
-      lanes[v].T[i] = T;
-      lanes[v].invT[i] = T > 0 ? float(1.4426950408889634 / double(T)) : 0.0f;
-      lanes[v].maxplus[i] = T > 0 ? 0 : -1;
-      scaled = scaled && T >= 1e-20f && T <= 1e20f;
-    }
-    lanes[v].scaled = scaled;
-    for (int i = 0; i < LANES; ++i) {
-      unit[v * LANES + i] = scaled ? double(lanes[v].T[i]) * 0.6931471805599453 : 1.0;
-    }
-  }
-  // live entries of each state, first (padding has log w = -inf)
-  std::vector<int32_t> cnt(S);
-  for (int64_t s = 0; s < S; ++s) {
-    int32_t c = 0;
-    for (int64_t j = 0; j < J; ++j) c += logw[s * J + j] > NEG_INF;
-    cnt[s] = c;
-  }
-  std::vector<int32_t> isrc(S * J);
-  std::vector<float> ilw(S * J), ilw2(S * J), irw(S * J);
-  for (int64_t s = 0; s < S; ++s) {
-    int64_t k = 0;
-    for (int64_t j = 0; j < J; ++j) {
-      if (logw[s * J + j] > NEG_INF) {
-        isrc[s * J + k] = src[s * J + j];
-        ilw[s * J + k] = logw[s * J + j];
-        ilw2[s * J + k] = float(double(logw[s * J + j]) * 1.4426950408889634);
-        irw[s * J + k] = rew[s * J + j];
-        ++k;
+QI vf vmin(vf a, vf b) { return a < b ? a : b; }
+
+// The problem as the kernels see it: lanes, live entries (padding dropped) in the pull layout
+// and, for the adjoint, the same entries by source (the push layout).
+struct Problem {
+  int64_t S, J, B, nv, Bp;
+  std::vector<Lanes> lanes;
+  std::vector<double> unit;  // value units per stored unit: T ln 2 (log2 units) or 1
+  std::vector<int32_t> cnt, isrc;
+  std::vector<float> ilw, ilw2, irw;
+  int nthreads = 1;
+  bool stream;
+
+  Problem(const int32_t* src, const float* logw, const float* rew, const float* Tin,
+          int64_t S_, int64_t J_, int64_t B_)
+      : S(S_), J(J_), B(B_), nv((B_ + LANES - 1) / LANES), Bp(nv * LANES), lanes(nv),
+        unit(Bp), cnt(S_), isrc(S_ * J_), ilw(S_ * J_), ilw2(S_ * J_), irw(S_ * J_) {
+    for (int64_t v = 0; v < nv; ++v) {
+      bool scaled = true;
+      for (int i = 0; i < LANES; ++i) {
+        const int64_t b = v * LANES + i;
+        const float T = b < B ? Tin[b] : 1.0f;
+        lanes[v].T[i] = T;
+        lanes[v].invT[i] = T > 0 ? float(1.4426950408889634 / double(T)) : 0.0f;
+        lanes[v].maxplus[i] = T > 0 ? 0 : -1;
+        scaled = scaled && T >= 1e-20f && T <= 1e20f;
+      }
+      lanes[v].scaled = scaled;
+      for (int i = 0; i < LANES; ++i) {
+        unit[v * LANES + i] = scaled ? double(lanes[v].T[i]) * 0.6931471805599453 : 1.0;
       }
     }
+    for (int64_t s = 0; s < S; ++s) {
+      int32_t k = 0;
+      for (int64_t j = 0; j < J; ++j) {
+        if (logw[s * J + j] > NEG_INF) {
+          isrc[s * J + k] = src[s * J + j];
+          ilw[s * J + k] = logw[s * J + j];
+          ilw2[s * J + k] = float(double(logw[s * J + j]) * 1.4426950408889634);
+          irw[s * J + k] = rew[s * J + j];
+          ++k;
+        }
+      }
+      cnt[s] = k;
+    }
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    // stream the output past the caches when u is much larger than they are (the measured
+    // effect: -6% per step at S = 10^6, B = 32; +12% when u fits in L2)
+    stream = double(S) * double(Bp) * 4.0 > 64.0 * (1 << 20);
   }
-  // u and the next u, 64-byte aligned (the stores below are whole cache lines)
-  std::vector<float> a_store(S * Bp + LANES), b_store(S * Bp + LANES);
-  auto align64 = [](float* p) {
-    return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
-  };
-  float* cur = align64(a_store.data());
-  float* nxt = align64(b_store.data());
-  std::vector<double> per_unit(Bp);
-  for (int64_t b = 0; b < Bp; ++b) per_unit[b] = 1.0 / unit[b];
-  for (int64_t s = 0; s < S; ++s) {
+
+  // a lane's shift: the maximum over states of its values, 0 where none is reachable
+  bool reachable(int64_t b, float m) const {
+    return lanes[b / LANES].scaled ? m > SENT_BELOW : m > NEG_INF;
+  }
+
+  // u0 [S, B] (value units) into cur [S, Bp] (stored units); the first shift
+  void load(const float* u0, float* cur, float* shift) const {
+    std::vector<double> per_unit(Bp);
+    for (int64_t b = 0; b < Bp; ++b) per_unit[b] = 1.0 / unit[b];
+    for (int64_t b = 0; b < Bp; ++b) shift[b] = NEG_INF;
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t b = 0; b < Bp; ++b) {
+        const float u = b < B ? u0[s * B + b] : NEG_INF;
+        const bool scaled = lanes[b / LANES].scaled;
+        const float out = !(u > NEG_INF) ? (scaled ? SENT : NEG_INF) : float(u * per_unit[b]);
+        cur[s * Bp + b] = out;
+        shift[b] = std::max(shift[b], out);
+      }
+    }
     for (int64_t b = 0; b < Bp; ++b) {
-      const float u = b < B ? u0[s * B + b] : NEG_INF;
-      const bool scaled = lanes[b / LANES].scaled;
-      cur[s * Bp + b] = !(u > NEG_INF) ? (scaled ? SENT : NEG_INF) : float(u * per_unit[b]);
+      if (!reachable(b, shift[b])) shift[b] = 0.0f;  // no start state: F = -inf, finite here
     }
   }
-  // a lane's shift: the maximum over states of its values, 0 where none is reachable
-  auto reachable = [&](int64_t b, float m) {
-    return lanes[b / LANES].scaled ? m > SENT_BELOW : m > NEG_INF;
-  };
-  std::vector<double> acc(Bp, 0.0);
-  std::vector<float> shift(Bp, NEG_INF);
-  for (int64_t s = 0; s < S; ++s) {
-    for (int64_t b = 0; b < Bp; ++b) shift[b] = std::max(shift[b], cur[s * Bp + b]);
-  }
-  for (int64_t b = 0; b < Bp; ++b) {
-    if (!reachable(b, shift[b])) shift[b] = 0.0f;  // no start state: F = -inf, finite here
-  }
-  int nthreads = 1;
-#ifdef _OPENMP
-  nthreads = omp_get_max_threads();
-#endif
-  std::vector<float> tmax(size_t(nthreads) * Bp);
-  // stream the output past the caches when u is much larger than they are (the measured
-  // effect: -6% per step at S = 10^6, B = 32; +12% when u fits in L2)
-  const bool stream = double(S) * double(Bp) * 4.0 > 64.0 * (1 << 20);
-  const int64_t JM = J > 0 ? J : 1;
 
-  for (int64_t t = 0; t < horizon; ++t) {
-    for (auto& x : tmax) x = NEG_INF;
+  // one step: nxt from cur, whose per-lane shift is `shift`; the new shift into next_shift
+  void step(const float* cur, float* nxt, const float* shift, float* next_shift) const {
+    std::vector<float> tmax(size_t(nthreads) * Bp, NEG_INF);
+    const int64_t JM = J > 0 ? J : 1;
 #pragma omp parallel num_threads(nthreads)
     {
-      int tid = 0;
+      int tid = 0, nth = 1;
 #ifdef _OPENMP
       tid = omp_get_thread_num();
-#endif
-      std::vector<vf> x(JM), x1(JM), mymax(nv, splat(NEG_INF));
-      int nth = 1;
-#ifdef _OPENMP
       nth = omp_get_num_threads();
 #endif
+      std::vector<vf> x(JM), x1(JM), mymax(nv, splat(NEG_INF));
       const int64_t s0 = S * tid / nth, s1 = S * (tid + 1) / nth;
       const Step st{cnt.data(), isrc.data(), ilw.data(), ilw2.data(), irw.data(), lanes.data(),
-                    shift.data(), cur, nxt, J, Bp, nv};
+                    shift, cur, nxt, J, Bp, nv};
       if (stream) {
         step_states<true>(st, s0, s1, x.data(), x1.data(), mymax.data());
       } else {
@@ -467,51 +504,345 @@ void forward(const float* u0, const int32_t* src, const float* logw, const float
       for (int64_t v = 0; v < nv; ++v) vstore(tmax.data() + size_t(tid) * Bp + v * LANES, mymax[v]);
     }
     for (int64_t b = 0; b < Bp; ++b) {
-      acc[b] += double(shift[b]) * unit[b];
       float m = NEG_INF;
       for (int k = 0; k < nthreads; ++k) m = std::max(m, tmax[size_t(k) * Bp + b]);
-      shift[b] = reachable(b, m) ? m : 0.0f;
+      next_shift[b] = reachable(b, m) ? m : 0.0f;
     }
+  }
+
+  // F = acc + smax_T over states of u_H. Also, per lane, the maximum m, log2 of the sum of
+  // 2^((u - m) k) (k = 1 in log2 units, log2(e) / T in value units) and the number of states
+  // at the maximum (for T = 0 lanes): what the adjoint's first message needs.
+  void final(const float* cur, const std::vector<double>& acc, float* F, std::vector<float>& m,
+             std::vector<float>& lg2sum, std::vector<float>& nmax) const {
+    m.assign(Bp, NEG_INF);
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t v = 0; v < nv; ++v) {
+        vstore(m.data() + v * LANES, vmax(vload(m.data() + v * LANES), vload(cur + s * Bp + v * LANES)));
+      }
+    }
+    std::vector<double> sum(Bp, 0.0);
+    nmax.assign(Bp, 0.0f);
+    for (int64_t v = 0; v < nv; ++v) {
+      const vf mv = vload(m.data() + v * LANES);
+      const vf m0 = mv > splat(NEG_INF) ? mv : splat(0.0f);
+      const vf mul = lanes[v].scaled ? splat(1.0f) : lanes[v].invT;
+      double part[LANES] = {0};
+      vf nm = splat(0.0f);
+      for (int64_t s0 = 0; s0 < S; s0 += 256) {  // float partial sums of <= 256 terms
+        const int64_t s1 = s0 + 256 < S ? s0 + 256 : S;
+        vf ps = splat(0.0f);
+        for (int64_t s = s0; s < s1; ++s) {
+          const vf u = vload(cur + s * Bp + v * LANES);
+          ps += vexp2_neg((u - m0) * mul);
+          nm += u == mv ? splat(1.0f) : splat(0.0f);
+        }
+        for (int i = 0; i < LANES; ++i) part[i] += double(ps[i]);
+      }
+      for (int i = 0; i < LANES; ++i) {
+        sum[v * LANES + i] = part[i];
+        nmax[v * LANES + i] = nm[i];
+      }
+    }
+    lg2sum.assign(Bp, 0.0f);
+    for (int64_t b = 0; b < Bp; ++b) {
+      lg2sum[b] = sum[b] > 0 ? float(std::log2(sum[b])) : 0.0f;
+      if (b >= B) continue;
+      const double T = lanes[b / LANES].T[b % LANES], mb = m[b];
+      if (!reachable(b, m[b])) {
+        F[b] = NEG_INF;
+        continue;
+      }
+      double out;
+      if (lanes[b / LANES].scaled) {
+        out = unit[b] * (mb + std::log2(sum[b]));
+      } else {
+        out = T > 0 ? mb + T * std::log(sum[b]) : mb;
+      }
+      F[b] = float(acc[b] + out);
+    }
+  }
+};
+
+void forward(const float* u0, const int32_t* src, const float* logw, const float* rew,
+             const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, float* F) {
+  const Problem P(src, logw, rew, Tin, S, J, B);
+  const int64_t Bp = P.Bp;
+  // u and the next u, 64-byte aligned (the stores are whole cache lines)
+  const Big a_store(S * Bp), b_store(S * Bp);
+  float* cur = a_store.data();
+  float* nxt = b_store.data();
+  std::vector<float> shift(Bp), next_shift(Bp), m, lg2sum, nmax;
+  std::vector<double> acc(Bp, 0.0);
+  P.load(u0, cur, shift.data());
+  for (int64_t t = 0; t < horizon; ++t) {
+    P.step(cur, nxt, shift.data(), next_shift.data());
+    for (int64_t b = 0; b < Bp; ++b) acc[b] += double(shift[b]) * P.unit[b];
+    std::swap(shift, next_shift);
     std::swap(cur, nxt);
   }
-  // F = acc + smax_T over states of u_H: the maximum, then the sum of exp((u - max) / T) in
-  // double per lane, both row by row (a column at a time would stride through memory)
-  std::vector<float> mfin(Bp, NEG_INF);
-  for (int64_t s = 0; s < S; ++s) {
-    for (int64_t v = 0; v < nv; ++v) {
-      vstore(mfin.data() + v * LANES,
-             vmax(vload(mfin.data() + v * LANES), vload(cur + s * Bp + v * LANES)));
+  P.final(cur, acc, F, m, lg2sum, nmax);
+}
+
+// ------------------------------------------------------------------------------------------
+// The adjoint: with p_j = exp((x_j - smax) / T) the weights of the entries entering s' (T = 0:
+// shared equally by the entries at the maximum, the subgradient JAX takes for max), the
+// message g_t(s) = dF/du_t(s) = sum over entries j leaving s of g_{t+1}(s') p_j, starting
+// from g_H = the softmax over states of u_H. It gives, per temperature,
+//   N_j = dF/dc_j = sum_t g_{t+1}(s') p_j   (the tempered occupancy of entry j),
+//   rho = g_0 = dF/du_0,
+//   Hs  = sum_t sum_s' g_{t+1}(s') H(p(s')) + H(g_H) (entropies in nats) = dF/dT at fixed
+//         u_0 and c, so that dF/dT = Hs + sum_j N_j log w_j through c = T log w + r.
+// Each step runs in two passes. By destination: the x_j recomputed as the forward formed
+// them and p_j normalised over the entries of s' (at low T an unnormalised exp(x_j - u_{t+1})
+// carries the rounding of u_{t+1}, ulp(|u| / T), into the total mass), q_j = g_{t+1}(s') p_j
+// added to N and kept. By source: g_t(s) = the sum of the q of the entries leaving s (a
+// gather, so no two threads write one place).
+// ------------------------------------------------------------------------------------------
+
+// the leaving entries of each state, as positions s' J + j of the (compacted) pull layout
+struct Out {
+  std::vector<int64_t> start;  // [S + 1]
+  std::vector<int64_t> pos;    // [live entries]
+  explicit Out(const Problem& P) : start(P.S + 1, 0) {
+    for (int64_t s = 0; s < P.S; ++s) {
+      for (int32_t j = 0; j < P.cnt[s]; ++j) ++start[P.isrc[s * P.J + j] + 1];
+    }
+    for (int64_t s = 0; s < P.S; ++s) start[s + 1] += start[s];
+    pos.assign(start[P.S], 0);
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t s = 0; s < P.S; ++s) {
+      for (int32_t j = 0; j < P.cnt[s]; ++j) pos[fill[P.isrc[s * P.J + j]]++] = s * P.J + j;
     }
   }
-  std::vector<double> sum(Bp, 0.0);
-  for (int64_t v = 0; v < nv; ++v) {
-    const vf m = vload(mfin.data() + v * LANES);
-    const vf m0 = m > splat(NEG_INF) ? m : splat(0.0f);
-    const vf mul = lanes[v].scaled ? splat(1.0f) : lanes[v].invT;
-    double part[LANES] = {0};
-    for (int64_t s0 = 0; s0 < S; s0 += 256) {  // float partial sums of <= 256 terms
-      const int64_t s1 = s0 + 256 < S ? s0 + 256 : S;
-      vf ps = splat(0.0f);
-      for (int64_t s = s0; s < s1; ++s) {
-        ps += vexp2_neg((vload(cur + s * Bp + v * LANES) - m0) * mul);
+};
+
+// pass 1 of a backward step: for every s', the normalised weights of its entries; adds
+// q = g_{t+1}(s') p to N and writes it to Qb (both [S, J, Bp], compacted pull layout); adds
+// the entropy (log2 units) to ent [nthreads, Bp]
+void back_pull(const Problem& P, const float* cur, const float* shift, const float* gnext,
+               float* N, float* Qb, double* ent) {
+  const int64_t Bp = P.Bp, J = P.J, JM = J > 0 ? J : 1;
+#pragma omp parallel num_threads(P.nthreads)
+  {
+    int tid = 0, nth = 1;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+    nth = omp_get_num_threads();
+#endif
+    const int64_t s0 = P.S * tid / nth, s1 = P.S * (tid + 1) / nth;
+    std::vector<vf> x(JM), y2(JM), ex(JM), myent(P.nv, splat(0.0f));
+    constexpr int64_t PD = 16;
+    for (int64_t s = s0; s < s1; ++s) {
+      if (s + PD < s1) {
+        const int32_t* sp = P.isrc.data() + (s + PD) * J;
+        for (int32_t j = 0; j < P.cnt[s + PD]; ++j) {
+          for (int64_t o = 0; o < Bp; o += 16) __builtin_prefetch(cur + int64_t(sp[j]) * Bp + o);
+        }
       }
-      for (int i = 0; i < LANES; ++i) part[i] += double(ps[i]);
+      const int32_t c = P.cnt[s];
+      if (c == 0) continue;
+      const int32_t* sj = P.isrc.data() + s * J;
+      for (int64_t v = 0; v < P.nv; ++v) {
+        const Lanes& L = P.lanes[v];
+        const int64_t off = v * LANES;
+        const vf g = vload(gnext + s * Bp + off);
+        const vf sh = vload(shift + off);
+        // the terms, as the forward formed them
+        if (L.scaled) {
+          for (int32_t j = 0; j < c; ++j) {
+            const int64_t p = s * J + j;
+            x[j] = splat(P.irw[p]) * L.invT + (vload(cur + int64_t(sj[j]) * Bp + off) + splat(P.ilw2[p]));
+          }
+        } else {
+          for (int32_t j = 0; j < c; ++j) {
+            const int64_t p = s * J + j;
+            const vf cj = L.T * splat(P.ilw[p]) + splat(P.irw[p]);
+            x[j] = vload(cur + int64_t(sj[j]) * Bp + off) - sh + cj;
+          }
+        }
+        vf m = x[0];
+        for (int32_t j = 1; j < c; ++j) m = vmax(m, x[j]);
+        const auto live = L.scaled ? (m > splat(SENT_BELOW)) : (m > splat(NEG_INF));
+        const vf m0 = live ? m : splat(0.0f);
+        const vf mul = L.scaled ? splat(1.0f) : L.invT;
+        vf sum = splat(0.0f);
+        for (int32_t j = 0; j < c; ++j) {
+          y2[j] = vmax((x[j] - m0) * mul, splat(-150.0f));  // log2 of p_j times the sum
+          ex[j] = vexp2(y2[j]);
+          sum += ex[j];
+        }
+        sum = vmax(sum, splat(1.0f));
+        const vf inv = splat(1.0f) / sum;
+        const vf lg = add_log2(splat(0.0f), sum);  // log2 of the sum, in [0, log2 J]
+        vf tinv = splat(0.0f), lt = splat(0.0f);   // T = 0 lanes: 1 / ties, log2 ties
+        if (!L.scaled) {
+          vf ties = splat(0.0f);
+          for (int32_t j = 0; j < c; ++j) ties += (x[j] == m) ? splat(1.0f) : splat(0.0f);
+          ties = vmax(ties, splat(1.0f));
+          tinv = splat(1.0f) / ties;
+          for (int i = 0; i < LANES; ++i) lt[i] = std::log2(ties[i]);
+        }
+        vf e = myent[v];
+        for (int32_t j = 0; j < c; ++j) {
+          vf p = ex[j] * inv;
+          vf y = y2[j] - lg;  // log2 p
+          if (!L.scaled) {
+            p = L.maxplus ? ((x[j] == m) ? tinv : splat(0.0f)) : p;
+            y = L.maxplus ? -lt : y;
+          }
+          const vf q = live ? g * p : splat(0.0f);
+          const int64_t at = (s * J + j) * Bp + off;
+          vstore(N + at, vload(N + at) + q);
+          vstream<true>(Qb + at, q);  // read once, by pass 2
+          e -= q * y;
+        }
+        myent[v] = e;
+      }
     }
-    for (int i = 0; i < LANES; ++i) sum[v * LANES + i] = part[i];
+#if defined(__AVX512F__)
+    _mm_sfence();  // the streamed stores, before pass 2 reads them
+#endif
+    for (int64_t v = 0; v < P.nv; ++v) {
+      for (int i = 0; i < LANES; ++i) ent[size_t(tid) * Bp + v * LANES + i] += double(myent[v][i]);
+    }
+  }
+}
+
+// pass 2: g_t(s) = sum of Qb over the entries leaving s
+void back_push(const Problem& P, const Out& O, const float* Qb, float* gcur) {
+  const int64_t Bp = P.Bp;
+#pragma omp parallel for schedule(static) num_threads(P.nthreads)
+  for (int64_t s = 0; s < P.S; ++s) {
+    constexpr int64_t PD = 16;
+    if (s + PD < P.S) {
+      for (int64_t k = O.start[s + PD]; k < O.start[s + PD + 1]; ++k) {
+        for (int64_t o = 0; o < Bp; o += 16) __builtin_prefetch(Qb + O.pos[k] * Bp + o);
+      }
+    }
+    for (int64_t v = 0; v < P.nv; ++v) {
+      vf acc = splat(0.0f);
+      for (int64_t k = O.start[s]; k < O.start[s + 1]; ++k) acc += vload(Qb + O.pos[k] * Bp + v * LANES);
+      vstore(gcur + s * Bp + v * LANES, acc);
+    }
+  }
+}
+
+// F [B], N [S, J, B] (dF/dc, the pull layout with its padding), rho [S, B], Hs [B].
+// Every u_t is kept when (horizon + 1) S Bp floats fit in `budget` bytes; otherwise u is kept
+// every k ~ sqrt(horizon) steps and each segment recomputed (bit for bit) in the backward.
+void forward_backward(const float* u0, const int32_t* src, const float* logw, const float* rew,
+                      const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon,
+                      int64_t budget, float* F, float* Nout, float* rho, float* Hs) {
+  const Problem P(src, logw, rew, Tin, S, J, B);
+  const Out O(P);
+  const int64_t Bp = P.Bp, H = horizon;
+  const double row = double(S) * double(Bp) * 4.0;
+  int64_t seg = H;
+  if (H > 0 && double(H + 1) * row > double(budget)) {
+    seg = std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(H)))));
+  }
+  const int64_t nck = H > 0 ? (H + seg - 1) / seg : 0;
+  const bool keep_all = seg >= H;
+  const int64_t stride = (S * Bp + 15) / 16 * 16;  // one 64-byte aligned u per slot
+  const Big store(size_t((keep_all ? H + 1 : seg + 1) * stride));
+  const Big ck(keep_all ? 1 : size_t(nck * stride));
+  auto slot = [&](int64_t i) { return store.data() + i * stride; };
+  auto ckpt = [&](int64_t i) { return ck.data() + i * stride; };
+  std::vector<float> shifts(size_t((H + 1) * Bp));
+  std::vector<double> acc(Bp, 0.0);
+  P.load(u0, slot(0), shifts.data());
+  float* last = slot(0);
+  for (int64_t t = 0; t < H; ++t) {
+    float *cur, *nxt;
+    if (keep_all) {
+      cur = slot(t);
+      nxt = slot(t + 1);
+    } else {
+      cur = slot(t % 2);
+      nxt = slot((t + 1) % 2);
+      if (t % seg == 0) std::memcpy(ckpt(t / seg), cur, sizeof(float) * S * Bp);
+    }
+    P.step(cur, nxt, shifts.data() + t * Bp, shifts.data() + (t + 1) * Bp);
+    for (int64_t b = 0; b < Bp; ++b) acc[b] += double(shifts[t * Bp + b]) * P.unit[b];
+    last = nxt;
+  }
+  std::vector<float> m, lg2sum, nmax;
+  P.final(last, acc, F, m, lg2sum, nmax);
+
+  // g_H: the softmax over states of u_H, and its entropy
+  const Big g_a(S * Bp), g_b(S * Bp);
+  float* gnext = g_a.data();
+  float* gcur = g_b.data();
+  std::vector<double> ent(size_t(P.nthreads) * Bp, 0.0);
+  {
+    std::vector<vf> e(P.nv, splat(0.0f));
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t v = 0; v < P.nv; ++v) {
+        const Lanes& L = P.lanes[v];
+        const int64_t off = v * LANES;
+        const vf u = vload(last + s * Bp + off), mv = vload(m.data() + off);
+        const vf m0 = mv > splat(NEG_INF) ? mv : splat(0.0f);
+        const vf mul = L.scaled ? splat(1.0f) : L.invT;
+        vf y = vmin(vmax((u - m0) * mul - vload(lg2sum.data() + off), splat(-150.0f)),
+                    splat(0.0f));
+        vf g = vexp2(y);
+        if (!L.scaled) {
+          const auto top = (u == mv) & (mv > splat(NEG_INF));
+          const vf nm = vmax(vload(nmax.data() + off), splat(1.0f));
+          g = L.maxplus ? (top ? splat(1.0f) / nm : splat(0.0f)) : g;
+          vf l;
+          for (int i = 0; i < LANES; ++i) l[i] = std::log2(nm[i]);
+          y = L.maxplus ? -l : y;
+        }
+        vstore(gnext + s * Bp + off, g);
+        e[v] -= g * y;
+      }
+    }
+    for (int64_t v = 0; v < P.nv; ++v) {
+      for (int i = 0; i < LANES; ++i) ent[v * LANES + i] += double(e[v][i]);
+    }
+  }
+
+  const Big Nb(size_t(S * J * Bp), true), Qb(size_t(S * J * Bp));
+  float* N = Nb.data();
+  std::vector<float> scratch(Bp);
+  for (int64_t i = nck - 1; i >= 0; --i) {
+    const int64_t t0 = i * seg, t1 = std::min(H, t0 + seg);
+    if (!keep_all) {  // recompute u_t0 .. u_t1 from the checkpoint, as the forward did
+      std::memcpy(slot(0), ckpt(i), sizeof(float) * S * Bp);
+      for (int64_t t = t0; t < t1; ++t) {
+        P.step(slot(t - t0), slot(t - t0 + 1), shifts.data() + t * Bp, scratch.data());
+      }
+    }
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const float* cur = keep_all ? slot(t) : slot(t - t0);
+      back_pull(P, cur, shifts.data() + t * Bp, gnext, N, Qb.data(), ent.data());
+      back_push(P, O, Qb.data(), gcur);
+      std::swap(gnext, gcur);
+    }
+  }
+  // outputs: gnext holds g_0; N back to the padded layout (padding entries 0)
+  hint_huge(rho, sizeof(float) * S * B);
+  hint_huge(Nout, sizeof(float) * S * J * B);
+#pragma omp parallel for schedule(static) num_threads(P.nthreads)
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t b = 0; b < B; ++b) rho[s * B + b] = gnext[s * Bp + b];
+    int64_t k = 0;
+    for (int64_t j = 0; j < J; ++j) {
+      float* out = Nout + (s * J + j) * B;
+      if (logw[s * J + j] > NEG_INF) {
+        const float* in = N + (s * J + k++) * Bp;
+        for (int64_t b = 0; b < B; ++b) out[b] = in[b];
+      } else {
+        for (int64_t b = 0; b < B; ++b) out[b] = 0.0f;
+      }
+    }
   }
   for (int64_t b = 0; b < B; ++b) {
-    const double T = Tin[b], m = mfin[b];
-    if (!reachable(b, mfin[b])) {
-      F[b] = NEG_INF;
-      continue;
-    }
-    double out;
-    if (lanes[b / LANES].scaled) {
-      out = unit[b] * (m + std::log2(sum[b]));
-    } else {
-      out = T > 0 ? m + T * std::log(sum[b]) : m;
-    }
-    F[b] = float(acc[b] + out);
+    double e = 0.0;
+    for (int k = 0; k < P.nthreads; ++k) e += ent[size_t(k) * Bp + b];
+    Hs[b] = float(e * 0.6931471805599453);
   }
 }
 
@@ -556,3 +887,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullF32, PullImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("horizon"));
+
+ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+                      ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
+                      ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F,
+                      ffi::ResultBuffer<ffi::F32> N, ffi::ResultBuffer<ffi::F32> rho,
+                      ffi::ResultBuffer<ffi::F32> Hs, int64_t horizon, int64_t budget) {
+  const auto ud = u0.dimensions();
+  const auto sd = src.dimensions();
+  if (ud.size() != 2 || sd.size() != 2 || ud[0] != sd[0] || T.element_count() != size_t(ud[1])) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "u0 [S, B], src [S, J], T [B]");
+  }
+  forward_backward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+                   T.typed_data(), ud[0], sd[1], ud[1], horizon, budget, F->typed_data(),
+                   N->typed_data(), rho->typed_data(), Hs->typed_data());
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullFBF32, PullFBImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("horizon")
+                                  .Attr<int64_t>("budget"));

@@ -140,7 +140,7 @@ def test_native_horizon_zero_and_batch_shapes():
             _close(_native_F(mdp, T, H), _f64_F(mdp, T, H), 1 + H, T, mdp, H)
 
 
-def test_native_is_the_default_and_derivatives_are_the_xla_paths():
+def test_native_is_the_default_and_its_derivatives_agree_with_xla():
     mdp = qr.gridworld(8, 8, dtype=np.float32)
     T = jnp.asarray(TEMPS[1:])
     assert D._use_native(mdp, maxplus=False)
@@ -153,11 +153,104 @@ def test_native_is_the_default_and_derivatives_are_the_xla_paths():
 
     g_n = jax.grad(total)(mdp.reward, True)
     g_x = jax.grad(total)(mdp.reward, False)
-    np.testing.assert_array_equal(np.asarray(g_n), np.asarray(g_x))
+    np.testing.assert_allclose(np.asarray(g_n), np.asarray(g_x), rtol=1e-5, atol=1e-5)
+    # the jvp's primal is the forward kernel's, bit for bit
     jn = jax.jvp(lambda t: D._free_energy_batch(mdp, t, 12, native=True), (T,), (T,))
     jx = jax.jvp(lambda t: D._free_energy_batch(mdp, t, 12, native=False), (T,), (T,))
-    np.testing.assert_array_equal(np.asarray(jn[1]), np.asarray(jx[1]))
+    np.testing.assert_array_equal(np.asarray(jn[0]), _native_F(mdp, T, 12))
+    # dF/dT is 0 here (every path costs the same): both are float32 rounding of terms ~ H log 4
+    # (times the tangent, T)
+    assert np.all(np.abs(np.asarray(jn[1]) - np.asarray(jx[1])) <= 3e-6 * 12 * 1.4 * TEMPS[1:])
     rs = jnp.stack([mdp.reward, 0.5 * mdp.reward, -mdp.reward])
     vm = jax.vmap(lambda r: D._free_energy_batch(mdp.replace(reward=r), T, 12, native=True))(rs)
     loop = np.stack([_native_F(mdp.replace(reward=r), T, 12) for r in rs])
     np.testing.assert_array_equal(np.asarray(vm), loop)
+    gv = jax.vmap(jax.grad(total), in_axes=(0, None))(rs, True)
+    gl = np.stack([np.asarray(jax.grad(total)(r, True)) for r in rs])
+    np.testing.assert_allclose(np.asarray(gv), gl, rtol=1e-6)  # XLA may sum in another order
+
+
+# --------------------------------------------------------------------------------------------
+# the adjoint (native forward-backward): reverse and forward mode through it
+# --------------------------------------------------------------------------------------------
+def test_native_gradient_is_the_occupancy_of_every_path():
+    # dF/dR(s, a, s') = expected number of uses of (s, a, s') under the tempered path law
+    # (T = 0: the maximal path; generic rewards make it unique)
+    mdp = qr.random_mdp(jax.random.key(11), 4, 2, 2, dtype=np.float32)
+    H = 4
+    P, R = mdp.dense()
+    init, policy = np.asarray(mdp.init, np.float64), np.asarray(mdp.policy, np.float64)
+    states, actions, lw, ret = all_paths(P, R, init, policy, H)
+    k = np.asarray(mdp.next)  # [S, A, K] successors of the sparse form
+    for temps in (TEMPS, POSITIVE):
+        def total(r):
+            return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), jnp.asarray(temps), H,
+                                                native=True))
+
+        g = np.asarray(jax.grad(total)(mdp.reward), np.float64)  # [S, A, K]
+        occ = np.zeros_like(R)
+        for t_ in temps:
+            if t_ == 0:
+                p = (ret == ret.max()).astype(float)
+                assert p.sum() == 1
+            else:
+                z = lw + ret / float(t_)
+                p = np.exp(z - z.max())
+                p /= p.sum()
+            for j in range(len(p)):
+                for t in range(H):
+                    occ[states[j, t], actions[j, t], states[j, t + 1]] += p[j]
+        got = np.zeros_like(R)
+        for s_, a_, kk in np.ndindex(k.shape):
+            got[s_, a_, k[s_, a_, kk]] += g[s_, a_, kk]
+        np.testing.assert_allclose(got, occ, rtol=1e-4, atol=1e-5 * H * len(temps))
+
+
+def test_native_temperature_derivative_and_second_order():
+    mdp = qr.random_mdp(jax.random.key(3), 40, 4, 3, dtype=np.float32)
+    H = 9
+    f = lambda t, native: D._free_energy_batch(mdp, t, H, native=native)  # noqa: E731
+    T = jnp.asarray(POSITIVE)
+    jn = jax.jvp(lambda t: f(t, True), (T,), (jnp.ones_like(T),))[1]
+    jx = jax.jvp(lambda t: f(t, False), (T,), (jnp.ones_like(T),))[1]
+    np.testing.assert_allclose(np.asarray(jn), np.asarray(jx), rtol=2e-5, atol=2e-5)
+    # at T = 0 the native derivative is the right derivative (finite differences above 0)
+    T0 = jnp.asarray([0.0, 0.5], jnp.float32)
+    d0 = float(jax.jvp(lambda t: f(t, True), (T0,), (jnp.ones_like(T0),))[1][0])
+    m64 = _to64(mdp)
+    F64 = lambda t: float(D._free_energy_batch(m64, jnp.asarray([t, 0.5]), H)[0])  # noqa: E731
+    fd = (4 * F64(1e-4) - F64(2e-4) - 3 * F64(0.0)) / 2e-4
+    np.testing.assert_allclose(d0, fd, rtol=1e-3)
+    # second order (through the XLA path) equals the XLA path's
+    small = qr.random_mdp(jax.random.key(13), 10, 2, 2, dtype=np.float32)
+    g = lambda t, r, native: jnp.sum(  # noqa: E731
+        D._free_energy_batch(small.replace(reward=r), t, 5, native=native))
+    T5 = jnp.asarray(POSITIVE[2::4])
+    hn = jax.hessian(g)(T5, small.reward, True)
+    hx = jax.hessian(g)(T5, small.reward, False)
+    np.testing.assert_allclose(np.asarray(hn), np.asarray(hx), rtol=1e-3, atol=1e-4)
+    mixed = jax.grad(lambda r, native: jnp.sum(jax.grad(g)(T5, r, native)))
+    np.testing.assert_allclose(np.asarray(mixed(small.reward, True)),
+                               np.asarray(mixed(small.reward, False)), rtol=1e-3, atol=1e-4)
+
+
+def test_native_adjoint_checkpointed_equals_stored(monkeypatch):
+    # with too little memory for every u_t the kernel recomputes segments from checkpoints:
+    # the same arithmetic, so the same bits
+    from quasirl.semiring import value_weight
+
+    mdp = qr.random_mdp(jax.random.key(12), 30, 3, 2, dtype=np.float32)
+    T = jnp.asarray(np.r_[0.0, POSITIVE[:19]], jnp.float32)
+    tab = D._pull_tables(mdp)
+    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
+    args = (u0, tab.src, tab.logw, tab.rew, T)
+    for H in (1, 7, 16):
+        whole = _native.pull_forward_backward(*args, H)
+        monkeypatch.setenv("QUASIRL_FB_MEMORY", "1")
+        parts = _native.pull_forward_backward(*args, H)
+        monkeypatch.delenv("QUASIRL_FB_MEMORY")
+        for a, b in zip(whole, parts):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(whole[0]), _native_F(mdp, np.asarray(T), H))
+        np.testing.assert_allclose(np.asarray(whole[1]).sum(axis=(0, 1)), H, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(whole[2]).sum(axis=0), 1.0, rtol=1e-5)
