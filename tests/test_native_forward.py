@@ -183,11 +183,10 @@ def test_native_gradient_is_the_occupancy_of_every_path():
     states, actions, lw, ret = all_paths(P, R, init, policy, H)
     k = np.asarray(mdp.next)  # [S, A, K] successors of the sparse form
     for temps in (TEMPS, POSITIVE):
-        def total(r):
-            return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), jnp.asarray(temps), H,
-                                                native=True))
+        def total(r, t):
+            return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), t, H, native=True))
 
-        g = np.asarray(jax.grad(total)(mdp.reward), np.float64)  # [S, A, K]
+        g = np.asarray(jax.grad(total)(mdp.reward, jnp.asarray(temps)), np.float64)  # [S,A,K]
         occ = np.zeros_like(R)
         for t_ in temps:
             if t_ == 0:
@@ -249,7 +248,7 @@ def test_native_adjoint_checkpointed_equals_stored(monkeypatch):
         monkeypatch.setenv("QUASIRL_FB_MEMORY", "1")
         parts = _native.pull_forward_backward(*args, H)
         monkeypatch.delenv("QUASIRL_FB_MEMORY")
-        for a, b in zip(whole, parts):
+        for a, b in zip(whole, parts, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_array_equal(np.asarray(whole[0]), _native_F(mdp, np.asarray(T), H))
         np.testing.assert_allclose(np.asarray(whole[1]).sum(axis=(0, 1)), H, rtol=1e-5)
