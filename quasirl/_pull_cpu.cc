@@ -600,28 +600,31 @@ void forward(const float* u0, const int32_t* src, const float* logw, const float
 // gather, so no two threads write one place).
 // ------------------------------------------------------------------------------------------
 
-// the leaving entries of each state, as positions s' J + j of the (compacted) pull layout
+// The live entries numbered consecutively (entry e = first[s'] + j, j < cnt[s']), and the
+// entries leaving each state as such numbers.
 struct Out {
+  std::vector<int64_t> first;  // [S + 1]
   std::vector<int64_t> start;  // [S + 1]
   std::vector<int64_t> pos;    // [live entries]
-  explicit Out(const Problem& P) : start(P.S + 1, 0) {
+  explicit Out(const Problem& P) : first(P.S + 1, 0), start(P.S + 1, 0) {
     for (int64_t s = 0; s < P.S; ++s) {
+      first[s + 1] = first[s] + P.cnt[s];
       for (int32_t j = 0; j < P.cnt[s]; ++j) ++start[P.isrc[s * P.J + j] + 1];
     }
     for (int64_t s = 0; s < P.S; ++s) start[s + 1] += start[s];
     pos.assign(start[P.S], 0);
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t s = 0; s < P.S; ++s) {
-      for (int32_t j = 0; j < P.cnt[s]; ++j) pos[fill[P.isrc[s * P.J + j]]++] = s * P.J + j;
+      for (int32_t j = 0; j < P.cnt[s]; ++j) pos[fill[P.isrc[s * P.J + j]]++] = first[s] + j;
     }
   }
 };
 
 // pass 1 of a backward step: for every s', the normalised weights of its entries; adds
-// q = g_{t+1}(s') p to N and writes it to Qb (both [S, J, Bp], compacted pull layout); adds
+// q = g_{t+1}(s') p to N and writes it to Qb (both [entries, Bp]); adds
 // the entropy (log2 units) to ent [nthreads, Bp]
-void back_pull(const Problem& P, const float* cur, const float* shift, const float* gnext,
-               float* N, float* Qb, double* ent) {
+void back_pull(const Problem& P, const Out& O, const float* cur, const float* shift,
+               const float* gnext, float* N, float* Qb, double* ent) {
   const int64_t Bp = P.Bp, J = P.J, JM = J > 0 ? J : 1;
 #pragma omp parallel num_threads(P.nthreads)
   {
@@ -667,8 +670,8 @@ void back_pull(const Problem& P, const float* cur, const float* shift, const flo
         const vf m0 = live ? m : splat(0.0f);
         const vf mul = L.scaled ? splat(1.0f) : L.invT;
         vf sum = splat(0.0f);
-        for (int32_t j = 0; j < c; ++j) {
-          y2[j] = vmax((x[j] - m0) * mul, splat(-150.0f));  // log2 of p_j times the sum
+        for (int32_t j = 0; j < c; ++j) {  // y2: log2 of p_j times the sum
+          y2[j] = L.scaled ? x[j] - m0 : vmax((x[j] - m0) * mul, splat(-150.0f));
           ex[j] = vexp2(y2[j]);
           sum += ex[j];
         }
@@ -692,7 +695,7 @@ void back_pull(const Problem& P, const float* cur, const float* shift, const flo
             y = L.maxplus ? -lt : y;
           }
           const vf q = live ? g * p : splat(0.0f);
-          const int64_t at = (s * J + j) * Bp + off;
+          const int64_t at = (O.first[s] + j) * Bp + off;
           vstore(N + at, vload(N + at) + q);
           vstream<true>(Qb + at, q);  // read once, by pass 2
           e -= q * y;
@@ -804,7 +807,8 @@ void forward_backward(const float* u0, const int32_t* src, const float* logw, co
     }
   }
 
-  const Big Nb(size_t(S * J * Bp), true), Qb(size_t(S * J * Bp));
+  const int64_t E = O.first[S];
+  const Big Nb(size_t(E * Bp), true), Qb(size_t(E * Bp));
   float* N = Nb.data();
   std::vector<float> scratch(Bp);
   for (int64_t i = nck - 1; i >= 0; --i) {
@@ -817,7 +821,7 @@ void forward_backward(const float* u0, const int32_t* src, const float* logw, co
     }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const float* cur = keep_all ? slot(t) : slot(t - t0);
-      back_pull(P, cur, shifts.data() + t * Bp, gnext, N, Qb.data(), ent.data());
+      back_pull(P, O, cur, shifts.data() + t * Bp, gnext, N, Qb.data(), ent.data());
       back_push(P, O, Qb.data(), gcur);
       std::swap(gnext, gcur);
     }
@@ -832,7 +836,7 @@ void forward_backward(const float* u0, const int32_t* src, const float* logw, co
     for (int64_t j = 0; j < J; ++j) {
       float* out = Nout + (s * J + j) * B;
       if (logw[s * J + j] > NEG_INF) {
-        const float* in = N + (s * J + k++) * Bp;
+        const float* in = N + (O.first[s] + k++) * Bp;
         for (int64_t b = 0; b < B; ++b) out[b] = in[b];
       } else {
         for (int64_t b = 0; b < B; ++b) out[b] = 0.0f;
