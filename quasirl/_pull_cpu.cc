@@ -869,52 +869,55 @@ extern "C" __attribute__((visibility("default"))) void QuasirlExpBench(float* x,
   }
 }
 
+// u0 [S, B], src/logw/rew [S, J], T [B]: the inputs both handlers share
+static auto PullArgs() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::S32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>();
+}
+
+static bool pull_shapes_ok(const ffi::Buffer<ffi::F32>& u0, const ffi::Buffer<ffi::S32>& src,
+                           const ffi::Buffer<ffi::F32>& T) {
+  const auto ud = u0.dimensions();
+  const auto sd = src.dimensions();
+  return ud.size() == 2 && sd.size() == 2 && ud[0] == sd[0] && T.element_count() == size_t(ud[1]);
+}
+
+static ffi::Error bad_shapes() {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, "u0 [S, B], src [S, J], T [B]");
+}
+
 ffi::Error PullImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
                     ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                     ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F, int64_t horizon) {
+  if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
   const auto ud = u0.dimensions();
-  const auto sd = src.dimensions();
-  if (ud.size() != 2 || sd.size() != 2 || ud[0] != sd[0] || T.element_count() != size_t(ud[1])) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "u0 [S, B], src [S, J], T [B]");
-  }
   forward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-          T.typed_data(), ud[0], sd[1], ud[1], horizon, F->typed_data());
+          T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, F->typed_data());
   return ffi::Error::Success();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullF32, PullImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("horizon"));
+                              PullArgs().Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("horizon"));
 
 ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
                       ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                       ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F,
                       ffi::ResultBuffer<ffi::F32> N, ffi::ResultBuffer<ffi::F32> rho,
                       ffi::ResultBuffer<ffi::F32> Hs, int64_t horizon, int64_t budget) {
+  if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
   const auto ud = u0.dimensions();
-  const auto sd = src.dimensions();
-  if (ud.size() != 2 || sd.size() != 2 || ud[0] != sd[0] || T.element_count() != size_t(ud[1])) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "u0 [S, B], src [S, J], T [B]");
-  }
   forward_backward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-                   T.typed_data(), ud[0], sd[1], ud[1], horizon, budget, F->typed_data(),
-                   N->typed_data(), rho->typed_data(), Hs->typed_data());
+                   T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, budget,
+                   F->typed_data(), N->typed_data(), rho->typed_data(), Hs->typed_data());
   return ffi::Error::Success();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullFBF32, PullFBImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                              PullArgs()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
