@@ -274,6 +274,8 @@ def _use_native(mdp: MDP, maxplus: bool) -> bool:
 
 
 def _native_inputs(mdp: MDP, T):
+    """The native kernels' differentiable inputs: u0 = T log init [S, B], log w and r [S, J]
+    (the source indices, an integer table, come from ``_pull_tables(mdp).src``)."""
     tab = _pull_tables(mdp)
     u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
     return u0, tab.logw, tab.rew
@@ -282,11 +284,7 @@ def _native_inputs(mdp: MDP, T):
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _forward_native(mdp: MDP, T, horizon: int):
     u0, logw, rew = _native_inputs(mdp, T)
-    return _native.pull_forward(u0, mdp_src(mdp), logw, rew, T, horizon)
-
-
-def mdp_src(mdp: MDP):
-    return _pull_tables(mdp).src
+    return _native.pull_forward(u0, _pull_tables(mdp).src, logw, rew, T, horizon)
 
 
 @_forward_native.defjvp
@@ -298,7 +296,7 @@ def _forward_native_jvp(horizon, primals, tangents):
     (u0, logw, rew), (du0, dlogw, drew) = jax.jvp(lambda m, t: _native_inputs(m, t),
                                                   primals, tangents)
     dT = tangents[1]
-    F, N, rho, Hs = _native_sensitivities(u0, mdp_src(mdp), logw, rew, T, horizon)
+    F, N, rho, Hs = _native_sensitivities(u0, _pull_tables(mdp).src, logw, rew, T, horizon)
     # dF = sum N (dr + T dlog w + log w dT) + sum rho du0 + Hs dT, contracted term by term
     # as products and sums (their transposes reduce N over its last axis in place; a dot
     # would first copy N into another layout); N is 0 on padding, where log w = -inf

@@ -70,7 +70,7 @@ QI void hint_huge(void* p, size_t bytes) {
 // "madvise" mode): touching hundreds of MB in 4 KB pages costs more than the steps themselves.
 class Big {
  public:
-  explicit Big(size_t n, bool zero = false) : n_(n) {
+  explicit Big(size_t n, bool zero = false) {
     const size_t align = size_t(2) << 20;
     bytes_ = ((n * sizeof(float) + align - 1) / align) * align;
     if (bytes_ == 0) bytes_ = align;
@@ -87,7 +87,7 @@ class Big {
   float* data() const { return p_; }
 
  private:
-  size_t n_, bytes_;
+  size_t bytes_;
   float* p_;
 };
 
@@ -103,10 +103,7 @@ QI void vstream(float* p, vf v) {
 }
 
 #if defined(__AVX512F__)
-QI vf vround(vf y) {
-  return (vf)_mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-QI vf vldexp(vf p, vf n) { return (vf)_mm512_scalef_ps((__m512)p, (__m512)n); }
+QI vf vldexp(vf p, vf n) { return (vf)_mm512_scalef_ps((__m512)p, (__m512)n); }  // p 2^floor(n)
 #else
 QI vf vround(vf y) {
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting rounds
@@ -886,6 +883,12 @@ static bool pull_shapes_ok(const ffi::Buffer<ffi::F32>& u0, const ffi::Buffer<ff
   return ud.size() == 2 && sd.size() == 2 && ud[0] == sd[0] && T.element_count() == size_t(ud[1]);
 }
 
+static ffi::Error out_of_memory() {  // no C++ exception may reach XLA
+  return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                    "quasirl native kernel: out of memory (QUASIRL_FB_MEMORY bounds the stored "
+                    "u_t of the forward-backward kernel)");
+}
+
 static ffi::Error bad_shapes() {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, "u0 [S, B], src [S, J], T [B]");
 }
@@ -895,8 +898,12 @@ ffi::Error PullImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
                     ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F, int64_t horizon) {
   if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
   const auto ud = u0.dimensions();
-  forward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-          T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, F->typed_data());
+  try {
+    forward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+            T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, F->typed_data());
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   return ffi::Error::Success();
 }
 
@@ -910,9 +917,13 @@ ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
                       ffi::ResultBuffer<ffi::F32> Hs, int64_t horizon, int64_t budget) {
   if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
   const auto ud = u0.dimensions();
-  forward_backward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-                   T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, budget,
-                   F->typed_data(), N->typed_data(), rho->typed_data(), Hs->typed_data());
+  try {
+    forward_backward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+                     T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, budget,
+                     F->typed_data(), N->typed_data(), rho->typed_data(), Hs->typed_data());
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   return ffi::Error::Success();
 }
 
