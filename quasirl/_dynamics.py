@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native
+from . import _native, _native_ad
 from . import _validate as V
 from ._mdp import MDP
 from .semiring import (
@@ -289,37 +289,17 @@ def _forward_native(mdp: MDP, T, horizon: int):
 
 @_forward_native.defjvp
 def _forward_native_jvp(horizon, primals, tangents):
-    # The native adjoint gives F with its sensitivities N = dF/dc (c = T log w + r per entry
-    # and temperature), rho = dF/du0 and Hs = dF/dT at fixed u0 and c; the tangent is linear
-    # in them, so reverse mode (the transpose) needs no further kernel.
+    # The tangent is linear in the tangents of the kernel's inputs (u0, log w, r, T): one
+    # primitive (quasirl._native_ad) whose transpose, in reverse mode, runs the adjoint
+    # kernel contracted with the cotangent of F.
     mdp, T = primals
     (u0, logw, rew), (du0, dlogw, drew) = jax.jvp(lambda m, t: _native_inputs(m, t),
                                                   primals, tangents)
-    dT = tangents[1]
-    F, N, rho, Hs = _native_sensitivities(u0, _pull_tables(mdp).src, logw, rew, T, horizon)
-    # dF = sum N (dr + T dlog w + log w dT) + sum rho du0 + Hs dT, contracted term by term
-    # as products and sums (their transposes reduce N over its last axis in place; a dot
-    # would first copy N into another layout); N is 0 on padding, where log w = -inf
-    live = logw > -jnp.inf
-    lw0, dlw0 = jnp.where(live, logw, 0.0), jnp.where(live, dlogw, 0.0)
-
-    def contract(a):  # sum over s, j of N[s, j, b] a[s, j]
-        return jnp.sum(N * a[:, :, None], axis=(0, 1))
-
-    dF = (contract(jnp.where(live, drew, 0.0)) + T * contract(dlw0)
-          + (contract(lw0) + Hs) * dT + jnp.sum(rho * du0, axis=0))
+    src = _pull_tables(mdp).src
+    F, token = _native_ad.keep(u0, src, logw, rew, T, horizon)  # the forward, kept
+    dF = _native_ad.tangent(u0, src, logw, rew, T, token, drew, dlogw, tangents[1], du0,
+                            horizon)
     return F, dF
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _native_sensitivities(u0, src, logw, rew, T, horizon: int):
-    return _native.pull_forward_backward(u0, src, logw, rew, T, horizon)
-
-
-@_native_sensitivities.defjvp
-def _native_sensitivities_jvp(horizon, primals, tangents):
-    # second derivatives: the XLA path's
-    return jax.jvp(lambda *a: _sensitivities_reference(*a, horizon), primals, tangents)
 
 
 def _sensitivities_reference(u0, src, logw, rew, T, horizon: int):

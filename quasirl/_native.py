@@ -49,6 +49,8 @@ TARGETS = {np.dtype(np.float32): ("quasirl_kron_f32", "QuasirlKronF32"),
            np.dtype(np.float64): ("quasirl_kron_f64", "QuasirlKronF64")}
 PULL_TARGET = ("quasirl_pull_f32", "QuasirlPullF32")
 PULL_FB_TARGET = ("quasirl_pull_fb_f32", "QuasirlPullFBF32")
+PULL_ADJOINT_TARGET = ("quasirl_pull_adjoint_f32", "QuasirlPullAdjointF32")
+PULL_KEEP_TARGET = ("quasirl_pull_keep_f32", "QuasirlPullKeepF32")
 # memory the forward-backward kernel may use for the stored u_t before it recomputes segments
 # from checkpoints instead (bytes; QUASIRL_FB_MEMORY overrides)
 FB_MEMORY = 2 << 30
@@ -122,7 +124,8 @@ def _load() -> dict:
         try:
             path = _build(cxx, openmp)
             lib = ctypes.cdll.LoadLibrary(str(path))
-            for name, symbol in (*TARGETS.values(), PULL_TARGET, PULL_FB_TARGET):
+            for name, symbol in (*TARGETS.values(), PULL_TARGET, PULL_FB_TARGET,
+                                 PULL_ADJOINT_TARGET, PULL_KEEP_TARGET):
                 jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)),
                                             platform="cpu")
             return {"available": True, "reason": None, "path": str(path), "openmp": openmp,
@@ -218,7 +221,44 @@ def pull_forward_backward(u0, src, logw, rew, T, horizon: int):
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((S, J, B), f32),
            jax.ShapeDtypeStruct((S, B), f32), jax.ShapeDtypeStruct((B,), f32))
-    budget = int(os.environ.get("QUASIRL_FB_MEMORY", FB_MEMORY))
     call = jax.ffi.ffi_call(PULL_FB_TARGET[0], out, vmap_method="sequential")
     return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
-                T.astype(f32), horizon=np.int64(horizon), budget=np.int64(budget))
+                T.astype(f32), horizon=np.int64(horizon), budget=_budget())
+
+
+def _budget() -> np.int64:
+    return np.int64(int(os.environ.get("QUASIRL_FB_MEMORY", FB_MEMORY)))
+
+
+def pull_keep(u0, src, logw, rew, T, horizon: int):
+    """F [B] as :func:`pull_forward` computes it, and a token [2] (int32) under which the
+    kernel keeps the forward pass (tables and trajectory) for :func:`pull_adjoint`: passed
+    on as an operand, it orders the two calls and lets the adjoint skip the forward. Kept
+    passes are dropped, least recently used first, beyond ``QUASIRL_NATIVE_POOL`` bytes (4 GiB);
+    an adjoint whose pass was dropped recomputes it, to the same bits."""
+    _require()
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct(T.shape, f32), jax.ShapeDtypeStruct((2,), jnp.int32))
+    call = jax.ffi.ffi_call(PULL_KEEP_TARGET[0], out, vmap_method="sequential")
+    return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
+                T.astype(f32), horizon=np.int64(horizon), budget=_budget())
+
+
+def pull_adjoint(u0, src, logw, rew, T, W, horizon: int, token=None):
+    """The forward recursion and its adjoint contracted over temperatures (float32): for
+    weights W [K, B], F [B]; G [K, S, J] = sum_b W[k, b] N[:, :, b] (N of
+    :func:`pull_forward_backward`, never formed); rho [S, B] = dF/du0; dFdT [B] = dF/dT at
+    fixed u0, log w and r (Hs + sum_j N_j log w_j). What reverse mode needs: one float per
+    entry and weight per step instead of one per entry and temperature. ``token`` (from
+    :func:`pull_keep` on the same inputs) lets it reuse that forward pass."""
+    _require()
+    S, J = src.shape
+    B = T.shape[0]
+    f32 = jnp.float32
+    out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((W.shape[0], S, J), f32),
+           jax.ShapeDtypeStruct((S, B), f32), jax.ShapeDtypeStruct((B,), f32))
+    token = jnp.zeros((2,), jnp.int32) if token is None else token
+    call = jax.ffi.ffi_call(PULL_ADJOINT_TARGET[0], out, vmap_method="sequential")
+    return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
+                T.astype(f32), token.astype(jnp.int32), W.astype(f32),
+                horizon=np.int64(horizon), budget=_budget())

@@ -16,12 +16,18 @@
 // states are prefetched, and a u much larger than the caches is written with streaming stores.
 // benchmarks/NOTES.md (section 11) has the measured effect of each of these.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <list>
+#include <memory>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <new>
 #include <vector>
 
@@ -66,30 +72,86 @@ QI void hint_huge(void* p, size_t bytes) {
 #endif
 }
 
-// A large float buffer on 2 MB pages where the kernel allows it (transparent huge pages in
-// "madvise" mode): touching hundreds of MB in 4 KB pages costs more than the steps themselves.
-class Big {
+// Freed large buffers, kept for the next call up to POOL_BYTES in all: a fresh page costs the
+// OS zeroing it, which was a third of a 10-step forward-backward at S = 10^6 (repeated calls
+// on one problem, as in an optimisation loop, are the common case; XLA's allocator keeps its
+// buffers too). QUASIRL_NATIVE_POOL (bytes, read once) sets the limit; 0 keeps nothing.
+class Pool {
  public:
-  explicit Big(size_t n, bool zero = false) {
-    const size_t align = size_t(2) << 20;
-    bytes_ = ((n * sizeof(float) + align - 1) / align) * align;
-    if (bytes_ == 0) bytes_ = align;
-    p_ = static_cast<float*>(std::aligned_alloc(align, bytes_));
-    if (p_ == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    madvise(p_, bytes_, MADV_HUGEPAGE);
-#endif
-    if (zero) std::memset(p_, 0, bytes_);
+  static Pool& get() {
+    static Pool pool;
+    return pool;
   }
-  ~Big() { std::free(p_); }
-  Big(const Big&) = delete;
-  Big& operator=(const Big&) = delete;
-  float* data() const { return p_; }
+  // a kept block of at least `bytes` and at most 1.25 times that, or nullptr
+  void* take(size_t bytes, size_t& got) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.lower_bound(bytes);
+    if (it == free_.end() || it->first > bytes + bytes / 4) return nullptr;
+    got = it->first;
+    void* p = it->second;
+    held_ -= it->first;
+    free_.erase(it);
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (held_ + bytes > limit_ && !free_.empty()) {  // drop the largest kept blocks first
+      auto last = std::prev(free_.end());
+      std::free(last->second);
+      held_ -= last->first;
+      free_.erase(last);
+    }
+    if (held_ + bytes > limit_) {
+      std::free(p);
+      return;
+    }
+    free_.emplace(bytes, p);
+    held_ += bytes;
+  }
+
+  size_t limit() const { return limit_; }
+
+ private:
+  Pool() {
+    const char* env = std::getenv("QUASIRL_NATIVE_POOL");
+    limit_ = env != nullptr ? size_t(std::strtoull(env, nullptr, 10)) : (size_t(4) << 30);
+  }
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t held_ = 0, limit_;
+};
+
+// A large buffer on 2 MB pages where the kernel allows it (transparent huge pages in
+// "madvise" mode): touching hundreds of MB in 4 KB pages costs more than the steps themselves.
+// Uninitialised unless `zero`.
+template <class T>
+class Buf {
+ public:
+  explicit Buf(size_t n, bool zero = false) {
+    const size_t align = size_t(2) << 20;
+    bytes_ = ((n * sizeof(T) + align - 1) / align) * align;
+    if (bytes_ == 0) bytes_ = align;
+    p_ = static_cast<T*>(Pool::get().take(bytes_, bytes_));
+    if (p_ == nullptr) {
+      p_ = static_cast<T*>(std::aligned_alloc(align, bytes_));
+      if (p_ == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+      madvise(p_, bytes_, MADV_HUGEPAGE);
+#endif
+    }
+    if (zero) std::memset(static_cast<void*>(p_), 0, n * sizeof(T));
+  }
+  ~Buf() { Pool::get().give(p_, bytes_); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  T* data() const { return p_; }
+  T& operator[](size_t i) const { return p_[i]; }
 
  private:
   size_t bytes_;
-  float* p_;
+  T* p_;
 };
+using Big = Buf<float>;
 
 template <bool STREAM>
 QI void vstream(float* p, vf v) {
@@ -406,8 +468,8 @@ struct Problem {
   int64_t S, J, B, nv, Bp;
   std::vector<Lanes> lanes;
   std::vector<double> unit;  // value units per stored unit: T ln 2 (log2 units) or 1
-  std::vector<int32_t> cnt, isrc;
-  std::vector<float> ilw, ilw2, irw;
+  Buf<int32_t> cnt, isrc;  // the live entries of each state first (padding dropped)
+  Buf<float> ilw, ilw2, irw;
   int nthreads = 1;
   bool stream;
 
@@ -430,6 +492,7 @@ struct Problem {
         unit[v * LANES + i] = scaled ? double(lanes[v].T[i]) * 0.6931471805599453 : 1.0;
       }
     }
+#pragma omp parallel for schedule(static)
     for (int64_t s = 0; s < S; ++s) {
       int32_t k = 0;
       for (int64_t j = 0; j < J; ++j) {
@@ -728,97 +791,133 @@ void back_push(const Problem& P, const Out& O, const float* Qb, float* gcur) {
   }
 }
 
+// The forward pass the adjoint kernels share: u_t for every t kept when (horizon + 1) S Bp
+// floats fit in `budget` bytes; otherwise u is kept every seg ~ sqrt(horizon) steps and each
+// segment recomputed (bit for bit) when the backward reaches it. Also F, and g_H (the softmax
+// over states of u_H) with its entropy (log2 units, per lane).
+class Trajectory {
+ public:
+  Trajectory(const Problem& P, const float* u0, int64_t horizon, int64_t budget, float* F)
+      : P_(P), H_(horizon), stride_((P.S * P.Bp + 15) / 16 * 16),
+        seg_(segment_length(P, horizon, budget)),
+        nck_(horizon > 0 ? (horizon + seg_ - 1) / seg_ : 0), keep_all_(seg_ >= horizon),
+        store_(size_t((keep_all_ ? horizon + 1 : seg_ + 3) * stride_)),
+        ck_(keep_all_ ? 1 : size_t(nck_ * stride_)), shifts_(size_t((horizon + 1) * P.Bp)),
+        acc_(P.Bp, 0.0) {
+    const int64_t Bp = P.Bp;
+    last_ = keep_all_ ? slot(0) : slot(seg_ + 1);
+    P.load(u0, last_, shifts_.data());
+    for (int64_t t = 0; t < H_; ++t) {
+      float *cur, *nxt;
+      if (keep_all_) {
+        cur = slot(t);
+        nxt = slot(t + 1);
+      } else {  // slots seg + 1 and seg + 2, so that u_H outlives the recomputed segments
+        cur = slot(seg_ + 1 + t % 2);
+        nxt = slot(seg_ + 1 + (t + 1) % 2);
+        if (t % seg_ == 0) std::memcpy(ckpt(t / seg_), cur, sizeof(float) * P.S * Bp);
+      }
+      P.step(cur, nxt, shift(t), shifts_.data() + (t + 1) * Bp);
+      for (int64_t b = 0; b < Bp; ++b) acc_[b] += double(shifts_[t * Bp + b]) * P.unit[b];
+      last_ = nxt;
+    }
+    P.final(last_, acc_, F, m_, lg2sum_, nmax_);
+  }
+
+  int64_t segments() const { return nck_; }
+  int64_t horizon() const { return H_; }
+  size_t bytes() const {
+    return sizeof(float) * size_t(stride_) * size_t((keep_all_ ? H_ + 1 : seg_ + 3) +
+                                                     (keep_all_ ? 0 : nck_));
+  }
+  // the steps [t0, t1) of segment i, with u_t0 .. u_t1 made available to state()
+  void open(int64_t i, int64_t& t0, int64_t& t1) {
+    t0 = i * seg_;
+    t1 = std::min(H_, t0 + seg_);
+    if (keep_all_) return;
+    std::vector<float> scratch(P_.Bp);
+    std::memcpy(slot(0), ckpt(i), sizeof(float) * P_.S * P_.Bp);
+    for (int64_t t = t0; t < t1; ++t) P_.step(slot(t - t0), slot(t - t0 + 1), shift(t), scratch.data());
+    t0_ = t0;
+  }
+  const float* state(int64_t t) const { return keep_all_ ? slot(t) : slot(t - t0_); }
+  const float* shift(int64_t t) const { return shifts_.data() + t * P_.Bp; }
+
+  // g_H into g [S, Bp]; adds its entropy (log2 units) to ent [Bp]
+  void final_message(float* g, double* ent) const {
+    const int64_t Bp = P_.Bp;
+    std::vector<vf> e(P_.nv, splat(0.0f));
+    for (int64_t s = 0; s < P_.S; ++s) {
+      for (int64_t v = 0; v < P_.nv; ++v) {
+        const Lanes& L = P_.lanes[v];
+        const int64_t off = v * LANES;
+        const vf u = vload(last_ + s * Bp + off), mv = vload(m_.data() + off);
+        const vf m0 = mv > splat(NEG_INF) ? mv : splat(0.0f);
+        const vf mul = L.scaled ? splat(1.0f) : L.invT;
+        vf y = vmin(vmax((u - m0) * mul - vload(lg2sum_.data() + off), splat(-150.0f)),
+                    splat(0.0f));
+        vf gv = vexp2(y);
+        if (!L.scaled) {
+          const auto top = (u == mv) & (mv > splat(NEG_INF));
+          const vf nm = vmax(vload(nmax_.data() + off), splat(1.0f));
+          gv = L.maxplus ? (top ? splat(1.0f) / nm : splat(0.0f)) : gv;
+          vf l;
+          for (int i = 0; i < LANES; ++i) l[i] = std::log2(nm[i]);
+          y = L.maxplus ? -l : y;
+        }
+        vstore(g + s * Bp + off, gv);
+        e[v] -= gv * y;
+      }
+    }
+    for (int64_t v = 0; v < P_.nv; ++v) {
+      for (int i = 0; i < LANES; ++i) ent[v * LANES + i] += double(e[v][i]);
+    }
+  }
+
+ private:
+  static int64_t segment_length(const Problem& P, int64_t H, int64_t budget) {
+    const double row = double(P.S) * double(P.Bp) * 4.0;
+    if (H > 0 && double(H + 1) * row > double(budget)) {
+      return std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(H)))));
+    }
+    return H;
+  }
+  float* slot(int64_t i) const { return store_.data() + i * stride_; }
+  float* ckpt(int64_t i) const { return ck_.data() + i * stride_; }
+
+  const Problem& P_;
+  const int64_t H_, stride_, seg_, nck_;
+  const bool keep_all_;
+  const Big store_, ck_;
+  std::vector<float> shifts_;
+  std::vector<double> acc_;
+  std::vector<float> m_, lg2sum_, nmax_;
+  float* last_ = nullptr;
+  int64_t t0_ = 0;
+};
+
 // F [B], N [S, J, B] (dF/dc, the pull layout with its padding), rho [S, B], Hs [B].
-// Every u_t is kept when (horizon + 1) S Bp floats fit in `budget` bytes; otherwise u is kept
-// every k ~ sqrt(horizon) steps and each segment recomputed (bit for bit) in the backward.
 void forward_backward(const float* u0, const int32_t* src, const float* logw, const float* rew,
                       const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon,
                       int64_t budget, float* F, float* Nout, float* rho, float* Hs) {
   const Problem P(src, logw, rew, Tin, S, J, B);
   const Out O(P);
-  const int64_t Bp = P.Bp, H = horizon;
-  const double row = double(S) * double(Bp) * 4.0;
-  int64_t seg = H;
-  if (H > 0 && double(H + 1) * row > double(budget)) {
-    seg = std::max<int64_t>(1, int64_t(std::ceil(std::sqrt(double(H)))));
-  }
-  const int64_t nck = H > 0 ? (H + seg - 1) / seg : 0;
-  const bool keep_all = seg >= H;
-  const int64_t stride = (S * Bp + 15) / 16 * 16;  // one 64-byte aligned u per slot
-  const Big store(size_t((keep_all ? H + 1 : seg + 1) * stride));
-  const Big ck(keep_all ? 1 : size_t(nck * stride));
-  auto slot = [&](int64_t i) { return store.data() + i * stride; };
-  auto ckpt = [&](int64_t i) { return ck.data() + i * stride; };
-  std::vector<float> shifts(size_t((H + 1) * Bp));
-  std::vector<double> acc(Bp, 0.0);
-  P.load(u0, slot(0), shifts.data());
-  float* last = slot(0);
-  for (int64_t t = 0; t < H; ++t) {
-    float *cur, *nxt;
-    if (keep_all) {
-      cur = slot(t);
-      nxt = slot(t + 1);
-    } else {
-      cur = slot(t % 2);
-      nxt = slot((t + 1) % 2);
-      if (t % seg == 0) std::memcpy(ckpt(t / seg), cur, sizeof(float) * S * Bp);
-    }
-    P.step(cur, nxt, shifts.data() + t * Bp, shifts.data() + (t + 1) * Bp);
-    for (int64_t b = 0; b < Bp; ++b) acc[b] += double(shifts[t * Bp + b]) * P.unit[b];
-    last = nxt;
-  }
-  std::vector<float> m, lg2sum, nmax;
-  P.final(last, acc, F, m, lg2sum, nmax);
-
-  // g_H: the softmax over states of u_H, and its entropy
+  const int64_t Bp = P.Bp;
+  Trajectory tr(P, u0, horizon, budget, F);
   const Big g_a(S * Bp), g_b(S * Bp);
   float* gnext = g_a.data();
   float* gcur = g_b.data();
   std::vector<double> ent(size_t(P.nthreads) * Bp, 0.0);
-  {
-    std::vector<vf> e(P.nv, splat(0.0f));
-    for (int64_t s = 0; s < S; ++s) {
-      for (int64_t v = 0; v < P.nv; ++v) {
-        const Lanes& L = P.lanes[v];
-        const int64_t off = v * LANES;
-        const vf u = vload(last + s * Bp + off), mv = vload(m.data() + off);
-        const vf m0 = mv > splat(NEG_INF) ? mv : splat(0.0f);
-        const vf mul = L.scaled ? splat(1.0f) : L.invT;
-        vf y = vmin(vmax((u - m0) * mul - vload(lg2sum.data() + off), splat(-150.0f)),
-                    splat(0.0f));
-        vf g = vexp2(y);
-        if (!L.scaled) {
-          const auto top = (u == mv) & (mv > splat(NEG_INF));
-          const vf nm = vmax(vload(nmax.data() + off), splat(1.0f));
-          g = L.maxplus ? (top ? splat(1.0f) / nm : splat(0.0f)) : g;
-          vf l;
-          for (int i = 0; i < LANES; ++i) l[i] = std::log2(nm[i]);
-          y = L.maxplus ? -l : y;
-        }
-        vstore(gnext + s * Bp + off, g);
-        e[v] -= g * y;
-      }
-    }
-    for (int64_t v = 0; v < P.nv; ++v) {
-      for (int i = 0; i < LANES; ++i) ent[v * LANES + i] += double(e[v][i]);
-    }
-  }
+  tr.final_message(gnext, ent.data());
 
   const int64_t E = O.first[S];
   const Big Nb(size_t(E * Bp), true), Qb(size_t(E * Bp));
   float* N = Nb.data();
-  std::vector<float> scratch(Bp);
-  for (int64_t i = nck - 1; i >= 0; --i) {
-    const int64_t t0 = i * seg, t1 = std::min(H, t0 + seg);
-    if (!keep_all) {  // recompute u_t0 .. u_t1 from the checkpoint, as the forward did
-      std::memcpy(slot(0), ckpt(i), sizeof(float) * S * Bp);
-      for (int64_t t = t0; t < t1; ++t) {
-        P.step(slot(t - t0), slot(t - t0 + 1), shifts.data() + t * Bp, scratch.data());
-      }
-    }
+  for (int64_t i = tr.segments() - 1; i >= 0; --i) {
+    int64_t t0, t1;
+    tr.open(i, t0, t1);
     for (int64_t t = t1 - 1; t >= t0; --t) {
-      const float* cur = keep_all ? slot(t) : slot(t - t0);
-      back_pull(P, O, cur, shifts.data() + t * Bp, gnext, N, Qb.data(), ent.data());
+      back_pull(P, O, tr.state(t), tr.shift(t), gnext, N, Qb.data(), ent.data());
       back_push(P, O, Qb.data(), gcur);
       std::swap(gnext, gcur);
     }
@@ -844,6 +943,299 @@ void forward_backward(const float* u0, const int32_t* src, const float* logw, co
     double e = 0.0;
     for (int k = 0; k < P.nthreads; ++k) e += ent[size_t(k) * Bp + b];
     Hs[b] = float(e * 0.6931471805599453);
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// The adjoint contracted over temperatures (reverse mode): for weights W [K, B] (the
+// cotangent of F, and its products with T),
+//   G[k] = sum_b W[k, b] N[:, :, b]     [K, S, J], without N itself,
+//   rho = g_0 [S, B], and dF/dT = Hs + sum_j N_j log w_j [B] (both per temperature).
+// One pass per step, by destination: q_j = g_{t+1}(s') p_j as in back_pull, contracted into
+// G, and added to g_t(src_j). Each thread owns the g_t rows of its own range of states: it
+// zeroes them just before their first use (a frontier that follows the sources, so on a
+// banded MDP each row is zeroed while in cache) and adds into them directly; a q bound for
+// another thread's rows is queued and added by that thread after a barrier.
+// ------------------------------------------------------------------------------------------
+
+QI float hsum(vf a) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps((__m512)a);
+#else
+  float s = 0.0f;
+  for (int i = 0; i < LANES; ++i) s += a[i];
+  return s;
+#endif
+}
+
+struct Fused {
+  const Problem& P;
+  const float* W;  // [K, Bp], 0 on the padding lanes
+  int64_t K;
+  float* G;        // [E, K], compact entry order
+  const int64_t* first;  // O.first
+};
+
+// q for the K-weighted contraction, per thread: sources owned by another thread, by owner
+struct Queue {
+  std::vector<int32_t> src;
+  std::vector<float> q;  // [n, Bp]
+};
+
+void back_fused(const Fused& A, const float* cur, const float* shift, const float* gnext,
+                float* gcur, std::vector<std::vector<Queue>>& queues, double* dT) {
+  const Problem& P = A.P;
+  const int64_t Bp = P.Bp, J = P.J, JM = J > 0 ? J : 1, nv = P.nv, K = A.K;
+#pragma omp parallel num_threads(P.nthreads)
+  {
+    int tid = 0, nth = 1;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+    nth = omp_get_num_threads();
+#endif
+    const int64_t s0 = P.S * tid / nth, s1 = P.S * (tid + 1) / nth;
+    std::vector<Queue>& mine = queues[tid];
+    for (auto& qu : mine) {
+      qu.src.clear();
+      qu.q.clear();
+    }
+    std::vector<vf> x(JM), y2(JM), ex(JM), qv(JM * nv), myd(nv, splat(0.0f));
+    int64_t frontier = s0;  // rows [s0, frontier) of gcur are zeroed
+    auto zero_to = [&](int64_t end) {
+      for (; frontier < end; ++frontier) {
+        for (int64_t v = 0; v < nv; ++v) vstore(gcur + frontier * Bp + v * LANES, splat(0.0f));
+      }
+    };
+    constexpr int64_t PD = 16;
+    for (int64_t s = s0; s < s1; ++s) {
+      if (s + PD < s1) {
+        const int32_t* sp = P.isrc.data() + (s + PD) * J;
+        for (int32_t j = 0; j < P.cnt[s + PD]; ++j) {
+          for (int64_t o = 0; o < Bp; o += 16) __builtin_prefetch(cur + int64_t(sp[j]) * Bp + o);
+        }
+      }
+      const int32_t c = P.cnt[s];
+      if (c == 0) continue;
+      const int32_t* sj = P.isrc.data() + s * J;
+      bool any = false;
+      for (int64_t v = 0; v < nv; ++v) {
+        const Lanes& L = P.lanes[v];
+        const int64_t off = v * LANES;
+        const vf g = vload(gnext + s * Bp + off);
+        vf* q = qv.data() + v;  // q[j * nv]
+        const auto gz = g == splat(0.0f);
+        bool allzero = true;
+        for (int i = 0; i < LANES; ++i) allzero = allzero && gz[i];
+        if (allzero) {  // no occupancy: every q is 0
+          for (int32_t j = 0; j < c; ++j) q[j * nv] = splat(0.0f);
+          continue;
+        }
+        any = true;
+        const vf sh = vload(shift + off);
+        if (L.scaled) {
+          for (int32_t j = 0; j < c; ++j) {
+            const int64_t p = s * J + j;
+            x[j] = splat(P.irw[p]) * L.invT + (vload(cur + int64_t(sj[j]) * Bp + off) + splat(P.ilw2[p]));
+          }
+        } else {
+          for (int32_t j = 0; j < c; ++j) {
+            const int64_t p = s * J + j;
+            const vf cj = L.T * splat(P.ilw[p]) + splat(P.irw[p]);
+            x[j] = vload(cur + int64_t(sj[j]) * Bp + off) - sh + cj;
+          }
+        }
+        vf m = x[0];
+        for (int32_t j = 1; j < c; ++j) m = vmax(m, x[j]);
+        const auto live = L.scaled ? (m > splat(SENT_BELOW)) : (m > splat(NEG_INF));
+        const vf m0 = live ? m : splat(0.0f);
+        const vf mul = L.scaled ? splat(1.0f) : L.invT;
+        vf sum = splat(0.0f);
+        for (int32_t j = 0; j < c; ++j) {
+          y2[j] = L.scaled ? x[j] - m0 : vmax((x[j] - m0) * mul, splat(-150.0f));
+          ex[j] = vexp2(y2[j]);
+          sum += ex[j];
+        }
+        sum = vmax(sum, splat(1.0f));
+        const vf ginv = g / sum;
+        const vf lg = add_log2(splat(0.0f), sum);
+        vf tinv = splat(0.0f), lt = splat(0.0f);
+        if (!L.scaled) {
+          vf ties = splat(0.0f);
+          for (int32_t j = 0; j < c; ++j) ties += (x[j] == m) ? splat(1.0f) : splat(0.0f);
+          ties = vmax(ties, splat(1.0f));
+          tinv = g / ties;
+          for (int i = 0; i < LANES; ++i) lt[i] = std::log2(ties[i]);
+        }
+        vf d = myd[v];
+        for (int32_t j = 0; j < c; ++j) {
+          vf qj = ex[j] * ginv;
+          vf y = y2[j] - lg;  // log2 p
+          if (!L.scaled) {
+            qj = L.maxplus ? ((x[j] == m) ? tinv : splat(0.0f)) : qj;
+            y = L.maxplus ? -lt : y;
+          }
+          qj = live ? qj : splat(0.0f);
+          q[j * nv] = qj;
+          d += qj * (splat(P.ilw2[s * J + j]) - y);  // entropy and sum N log w, log2 units
+        }
+        myd[v] = d;
+      }
+      for (int32_t j = 0; j < c; ++j) {
+        const int64_t src = sj[j];
+        const vf* q = qv.data() + j * nv;
+        if (src >= s0 && src < s1) {
+          if (src >= frontier) zero_to(src + 1);
+          if (!any) continue;
+          float* row = gcur + src * Bp;
+          for (int64_t v = 0; v < nv; ++v) vstore(row + v * LANES, vload(row + v * LANES) + q[v]);
+        } else if (any) {
+          int owner = int((src * nth) / P.S);  // the thread whose range [S k / n, ...) holds src
+          while (owner > 0 && src < P.S * owner / nth) --owner;
+          while (owner + 1 < nth && src >= P.S * (owner + 1) / nth) ++owner;
+          Queue& qu = mine[owner];
+          qu.src.push_back(int32_t(src));
+          for (int64_t v = 0; v < nv; ++v) {
+            for (int i = 0; i < LANES; ++i) qu.q.push_back(q[v][i]);
+          }
+        }
+        if (!any) continue;
+        float* gk = A.G + (A.first[s] + j) * K;
+        for (int64_t k = 0; k < K; ++k) {
+          const float* w = A.W + k * Bp;
+          vf a = vload(w) * q[0];
+          for (int64_t v = 1; v < nv; ++v) a += vload(w + v * LANES) * q[v];
+          gk[k] += hsum(a);
+        }
+      }
+    }
+    zero_to(s1);
+    for (int64_t v = 0; v < nv; ++v) {
+      for (int i = 0; i < LANES; ++i) dT[size_t(tid) * Bp + v * LANES + i] += double(myd[v][i]);
+    }
+#pragma omp barrier
+    for (int k = 0; k < nth; ++k) {  // what the other threads queued for my rows
+      if (k == tid) continue;
+      const Queue& qu = queues[k][tid];
+      for (size_t n = 0; n < qu.src.size(); ++n) {
+        float* row = gcur + int64_t(qu.src[n]) * Bp;
+        const float* q = qu.q.data() + n * Bp;
+        for (int64_t v = 0; v < nv; ++v) vstore(row + v * LANES, vload(row + v * LANES) + vload(q + v * LANES));
+      }
+    }
+  }
+}
+
+// A forward pass kept for its adjoint: the tables, the trajectory and F.
+struct Kept {
+  Kept(const float* u0, const int32_t* src, const float* logw, const float* rew,
+       const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, int64_t budget)
+      : P(src, logw, rew, Tin, S, J, B), F(B), tr(P, u0, horizon, budget, F.data()) {}
+  size_t bytes() const { return tr.bytes() + size_t(P.S) * size_t(P.J) * 16; }
+  Problem P;
+  std::vector<float> F;
+  Trajectory tr;
+  std::mutex busy;  // one adjoint at a time: recomputing a segment rewrites the trajectory
+};
+
+// Forward passes that reverse mode will need: the forward in free_energy's derivative rule
+// (quasirl_pull_keep_f32) leaves its Kept here under a token, which JAX hands to the adjoint
+// as an operand (a data dependency, so XLA runs the two in order); the adjoint then skips
+// the tables and the forward. The least recently used entries go first once the kept bytes
+// exceed the pool's limit; an adjoint whose token is gone (or 0) recomputes everything, with
+// the same result bit for bit.
+class KeptCache {
+ public:
+  static KeptCache& get() {
+    static KeptCache cache;
+    return cache;
+  }
+  uint64_t put(std::shared_ptr<Kept> k) {
+    const size_t bytes = k->bytes();
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t token = next_++;
+    if (bytes > Pool::get().limit()) return token;  // never kept
+    while (held_ + bytes > Pool::get().limit() && !lru_.empty()) {
+      held_ -= lru_.back().second->bytes();
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+    lru_.emplace_front(token, std::move(k));
+    index_[token] = lru_.begin();
+    held_ += bytes;
+    return token;
+  }
+  std::shared_ptr<Kept> find(uint64_t token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(token);
+    if (it == index_.end()) return nullptr;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return it->second->second;
+  }
+
+ private:
+  std::mutex mu_;
+  uint64_t next_ = 1;
+  size_t held_ = 0;
+  std::list<std::pair<uint64_t, std::shared_ptr<Kept>>> lru_;
+  std::map<uint64_t, std::list<std::pair<uint64_t, std::shared_ptr<Kept>>>::iterator> index_;
+};
+
+// F [B], G [K, S, J] (sum_b W[k, b] dF/dc[:, :, b], 0 on padding), rho [S, B], dF/dT [B],
+// from the forward kept under `token` when it is there and matches, else from scratch.
+void adjoint(const float* u0, const int32_t* src, const float* logw, const float* rew,
+             const float* Tin, const float* Win, int64_t S, int64_t J, int64_t B, int64_t K,
+             int64_t horizon, int64_t budget, uint64_t token, float* F, float* Gout, float* rho,
+             float* dFdT) {
+  std::shared_ptr<Kept> kept = KeptCache::get().find(token);
+  if (kept && (kept->P.S != S || kept->P.J != J || kept->P.B != B ||
+               kept->tr.horizon() != horizon)) {
+    kept = nullptr;
+  }
+  if (!kept) kept = std::make_shared<Kept>(u0, src, logw, rew, Tin, S, J, B, horizon, budget);
+  std::lock_guard<std::mutex> lock(kept->busy);
+  const Problem& P = kept->P;
+  Trajectory& tr = kept->tr;
+  for (int64_t b = 0; b < B; ++b) F[b] = kept->F[b];
+  const int64_t Bp = P.Bp;
+  std::vector<int64_t> first(S + 1, 0);
+  for (int64_t s = 0; s < S; ++s) first[s + 1] = first[s] + P.cnt[s];
+  const int64_t E = first[S];
+  std::vector<float> W(size_t(K * Bp), 0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t b = 0; b < B; ++b) W[k * Bp + b] = Win[k * B + b];
+  }
+  const Big g_a(S * Bp), g_b(S * Bp), Gb(size_t(E * K), true);
+  float* gnext = g_a.data();
+  float* gcur = g_b.data();
+  std::vector<double> dT(size_t(P.nthreads) * Bp, 0.0);
+  tr.final_message(gnext, dT.data());
+  const Fused A{P, W.data(), K, Gb.data(), first.data()};
+  std::vector<std::vector<Queue>> queues(P.nthreads, std::vector<Queue>(P.nthreads));
+  for (int64_t i = tr.segments() - 1; i >= 0; --i) {
+    int64_t t0, t1;
+    tr.open(i, t0, t1);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      back_fused(A, tr.state(t), tr.shift(t), gnext, gcur, queues, dT.data());
+      std::swap(gnext, gcur);
+    }
+  }
+  hint_huge(rho, sizeof(float) * S * B);
+  hint_huge(Gout, sizeof(float) * K * S * J);
+#pragma omp parallel for schedule(static) num_threads(P.nthreads)
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t b = 0; b < B; ++b) rho[s * B + b] = gnext[s * Bp + b];
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t n = 0;
+      for (int64_t j = 0; j < J; ++j) {
+        Gout[(k * S + s) * J + j] =
+            logw[s * J + j] > NEG_INF ? Gb.data()[(first[s] + n++) * K + k] : 0.0f;
+      }
+    }
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    double e = 0.0;
+    for (int k = 0; k < P.nthreads; ++k) e += dT[size_t(k) * Bp + b];
+    dFdT[b] = float(e * 0.6931471805599453);
   }
 }
 
@@ -929,6 +1321,73 @@ ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullFBF32, PullFBImpl,
                               PullArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("horizon")
+                                  .Attr<int64_t>("budget"));
+
+static uint64_t token_of(const ffi::Buffer<ffi::S32>& t) {
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(t.typed_data());
+  return t.element_count() == 2 ? (uint64_t(p[1]) << 32) | uint64_t(p[0]) : 0;
+}
+
+ffi::Error PullKeepImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+                        ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
+                        ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F,
+                        ffi::ResultBuffer<ffi::S32> token, int64_t horizon, int64_t budget) {
+  if (!pull_shapes_ok(u0, src, T) || token->element_count() != 2) return bad_shapes();
+  const auto ud = u0.dimensions();
+  try {
+    auto kept = std::make_shared<Kept>(u0.typed_data(), src.typed_data(), logw.typed_data(),
+                                       rew.typed_data(), T.typed_data(), ud[0],
+                                       src.dimensions()[1], ud[1], horizon, budget);
+    for (int64_t b = 0; b < ud[1]; ++b) F->typed_data()[b] = kept->F[b];
+    const uint64_t t = KeptCache::get().put(std::move(kept));
+    uint32_t* out = reinterpret_cast<uint32_t*>(token->typed_data());
+    out[0] = uint32_t(t);
+    out[1] = uint32_t(t >> 32);
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullKeepF32, PullKeepImpl,
+                              PullArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Attr<int64_t>("horizon")
+                                  .Attr<int64_t>("budget"));
+
+ffi::Error PullAdjointImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+                           ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
+                           ffi::Buffer<ffi::F32> T, ffi::Buffer<ffi::S32> token,
+                           ffi::Buffer<ffi::F32> W, ffi::ResultBuffer<ffi::F32> F,
+                           ffi::ResultBuffer<ffi::F32> G, ffi::ResultBuffer<ffi::F32> rho,
+                           ffi::ResultBuffer<ffi::F32> dFdT, int64_t horizon, int64_t budget) {
+  if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
+  const auto ud = u0.dimensions();
+  const auto wd = W.dimensions();
+  if (wd.size() != 2 || wd[1] != ud[1]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "W [K, B] with B = u0.shape[1]");
+  }
+  try {
+    adjoint(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+            T.typed_data(), W.typed_data(), ud[0], src.dimensions()[1], ud[1], wd[0], horizon,
+            budget, token_of(token), F->typed_data(), G->typed_data(), rho->typed_data(),
+            dFdT->typed_data());
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullAdjointF32, PullAdjointImpl,
+                              PullArgs()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

@@ -253,3 +253,101 @@ def test_native_adjoint_checkpointed_equals_stored(monkeypatch):
         np.testing.assert_array_equal(np.asarray(whole[0]), _native_F(mdp, np.asarray(T), H))
         np.testing.assert_allclose(np.asarray(whole[1]).sum(axis=(0, 1)), H, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(whole[2]).sum(axis=0), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# reverse mode: the adjoint kernel contracted over temperatures, and the kept forward pass
+# --------------------------------------------------------------------------------------------
+def _kernel_args(mdp, T):
+    u0, logw, rew = D._native_inputs(mdp, T)
+    return u0, D._pull_tables(mdp).src, logw, rew, T
+
+
+def test_native_adjoint_contracts_the_sensitivities():
+    # G = sum_b W[k, b] N[:, :, b] against the kernel that returns N itself (held to every
+    # path in test_native_gradient_is_the_occupancy_of_every_path), on an MDP with padding,
+    # unreachable states and sources spread over every thread's range of states
+    mdp = qr.random_mdp(jax.random.key(4), 50, 3, 2, dtype=np.float32)
+    mask = np.ones((50, 3), np.float32)
+    mask[::4, 1:] = 0
+    mdp = mdp.replace(policy=jnp.asarray(mask / mask.sum(axis=1, keepdims=True)),
+                      init=jnp.asarray(np.r_[np.ones(10), np.zeros(40)] / 10, jnp.float32))
+    rng = np.random.default_rng(5)
+    for temps, H in ((TEMPS, 7), (POSITIVE, 9), (np.r_[TEMPS, POSITIVE], 3), (POSITIVE[:1], 0)):
+        T = jnp.asarray(temps, jnp.float32)
+        args = _kernel_args(mdp, T)
+        F, N, rho, Hs = _native.pull_forward_backward(*args, H)
+        live = args[2] > -jnp.inf
+        dT = Hs + jnp.sum(N * jnp.where(live, args[2], 0.0)[:, :, None], axis=(0, 1))
+        for K in (0, 1, 3):
+            W = jnp.asarray(rng.normal(size=(K, len(temps))), jnp.float32)
+            F2, G, rho2, dT2 = _native.pull_adjoint(*args, W, H)
+            np.testing.assert_array_equal(np.asarray(F2), np.asarray(F))
+            want = np.einsum("kb,sjb->ksj", np.asarray(W, np.float64), np.asarray(N, np.float64))
+            scale = np.abs(np.asarray(W)).sum(axis=1).max(initial=1.0) * max(H, 1)
+            np.testing.assert_allclose(np.asarray(G), want, rtol=0, atol=2e-6 * scale)
+            assert np.all(np.asarray(G)[:, ~np.asarray(live)] == 0)
+            np.testing.assert_allclose(np.asarray(rho2), np.asarray(rho), rtol=0, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(dT2), np.asarray(dT), rtol=0,
+                                       atol=3e-6 * (H + 1) * 5)
+
+
+def test_native_adjoint_kept_and_checkpointed_give_the_same_bits(monkeypatch):
+    # the adjoint from the forward pass kept under a token, from a token that is gone, and
+    # with checkpoints (segments recomputed, every call) all do the same arithmetic
+    mdp = qr.random_mdp(jax.random.key(12), 30, 3, 2, dtype=np.float32)
+    T = jnp.asarray(np.r_[0.0, POSITIVE[:19]], jnp.float32)
+    args = _kernel_args(mdp, T)
+    W = jnp.asarray(np.random.default_rng(0).normal(size=(2, 20)), jnp.float32)
+    for H in (1, 7, 16):
+        fresh = _native.pull_adjoint(*args, W, H)
+        for budget in (None, "1"):
+            if budget:
+                monkeypatch.setenv("QUASIRL_FB_MEMORY", budget)
+            F, token = _native.pull_keep(*args, H)
+            np.testing.assert_array_equal(np.asarray(F), np.asarray(fresh[0]))
+            assert int(token[0]) != 0 or int(token[1]) != 0
+            for tok in (token, token, jnp.asarray([-7, 12345], jnp.int32)):
+                got = _native.pull_adjoint(*args, W, H, tok)
+                for a, b in zip(got, fresh, strict=True):
+                    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            monkeypatch.delenv("QUASIRL_FB_MEMORY", raising=False)
+
+
+def test_native_reverse_mode_in_every_input_and_batched():
+    # gradients in init, policy, rewards and T together, jacrev / jacfwd of the
+    # vector F(T), and a vjp used twice, against the XLA path
+    mdp = qr.random_mdp(jax.random.key(14), 25, 3, 2, dtype=np.float32)
+    T = jnp.asarray([0.0, 0.02, 0.3, 1.0, 5.0], jnp.float32)
+    H = 6
+
+    def F(m, t, native):
+        return D._free_energy_batch(m, t, H, native=native)
+
+    def loss(floats, t, native):
+        m = mdp.replace(**dict(zip(("init", "policy", "reward"), floats, strict=True)))
+        return jnp.sum(jnp.asarray([1.0, -2.0, 0.5, 1.5, 0.25]) * F(m, t, native))
+
+    floats = (mdp.init, mdp.policy, mdp.reward)
+    gn = jax.grad(loss, argnums=(0, 1))(floats, T, True)
+    gx = jax.grad(loss, argnums=(0, 1))(floats, T, False)
+    for a, b in zip(jax.tree_util.tree_leaves(gn[0]), jax.tree_util.tree_leaves(gx[0]),
+                    strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+    # dF/dT at T = 0: the native one is the right derivative (forward mode's, held to finite
+    # differences above), XLA's is not
+    np.testing.assert_allclose(np.asarray(gn[1])[1:], np.asarray(gx[1])[1:], rtol=2e-4,
+                               atol=2e-5)
+    e0 = jnp.zeros_like(T).at[0].set(1.0)
+    d0 = jax.jvp(lambda t: F(mdp, t, True), (T,), (e0,))[1][0]
+    np.testing.assert_allclose(float(gn[1][0]), float(d0), rtol=1e-5)
+    jr = jax.jacrev(lambda r: F(mdp.replace(reward=r), T, True))(mdp.reward)
+    jf = jax.jacfwd(lambda r: F(mdp.replace(reward=r), T, True))(mdp.reward)
+    jx = jax.jacrev(lambda r: F(mdp.replace(reward=r), T, False))(mdp.reward)
+    np.testing.assert_allclose(np.asarray(jr), np.asarray(jx), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jf), np.asarray(jx), rtol=1e-5, atol=1e-6)
+    _, vjp = jax.vjp(lambda r: F(mdp.replace(reward=r), T, True), mdp.reward)
+    ct = jnp.asarray([0.5, 1.0, -1.0, 2.0, 0.0], jnp.float32)
+    np.testing.assert_array_equal(np.asarray(vjp(ct)[0]), np.asarray(vjp(ct)[0]))
+    np.testing.assert_allclose(np.asarray(vjp(ct)[0]), np.asarray(jnp.tensordot(ct, jx, 1)),
+                               rtol=1e-5, atol=1e-6)
