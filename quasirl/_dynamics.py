@@ -273,48 +273,48 @@ def _use_native(mdp: MDP, maxplus: bool) -> bool:
             and mdp.pred.shape[1] <= NATIVE_MAX_J and _native.available())
 
 
-def _native_inputs(mdp: MDP, T):
-    """The native kernels' differentiable inputs: u0 = T log init [S, B], log w and r [S, J]
-    (the source indices, an integer table, come from ``_pull_tables(mdp).src``)."""
+def _native_inputs(mdp: MDP):
+    """The native kernels' differentiable inputs: log init [S], log w and r [S, J] (the
+    source indices, an integer table, come from ``_pull_tables(mdp).src``; u_0 = T log init
+    is formed in the kernel)."""
     tab = _pull_tables(mdp)
-    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
-    return u0, tab.logw, tab.rew
+    return tab.log_init, tab.logw, tab.rew
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _forward_native(mdp: MDP, T, horizon: int):
-    u0, logw, rew = _native_inputs(mdp, T)
-    return _native.pull_forward(u0, _pull_tables(mdp).src, logw, rew, T, horizon)
+    li, logw, rew = _native_inputs(mdp)
+    return _native.pull_forward(li, _pull_tables(mdp).src, logw, rew, T, horizon)
 
 
 @_forward_native.defjvp
 def _forward_native_jvp(horizon, primals, tangents):
-    # The tangent is linear in the tangents of the kernel's inputs (u0, log w, r, T): one
-    # primitive (quasirl._native_ad) whose transpose, in reverse mode, runs the adjoint
+    # The tangent is linear in the tangents of the kernel's inputs (log init, log w, r, T):
+    # one primitive (quasirl._native_ad) whose transpose, in reverse mode, runs the adjoint
     # kernel contracted with the cotangent of F.
     mdp, T = primals
-    (u0, logw, rew), (du0, dlogw, drew) = jax.jvp(lambda m, t: _native_inputs(m, t),
-                                                  primals, tangents)
+    (li, logw, rew), (dli, dlogw, drew) = jax.jvp(_native_inputs, (mdp,), (tangents[0],))
     src = _pull_tables(mdp).src
-    F, token = _native_ad.keep(u0, src, logw, rew, T, horizon)  # the forward, kept
-    dF = _native_ad.tangent(u0, src, logw, rew, T, token, drew, dlogw, tangents[1], du0,
+    F, token = _native_ad.keep(li, src, logw, rew, T, horizon)  # the forward, kept
+    dF = _native_ad.tangent(li, src, logw, rew, T, token, drew, dlogw, tangents[1], dli,
                             horizon)
     return F, dF
 
 
-def _sensitivities_reference(u0, src, logw, rew, T, horizon: int):
-    """(F, N, rho, Hs) of :func:`_native.pull_forward_backward` by XLA autodiff."""
-    tab = _Pull(src, logw, rew, jnp.zeros(src.shape[0], logw.dtype))
+def _sensitivities_reference(li, src, logw, rew, T, horizon: int):
+    """(F, N, rho, dT) of :func:`_native.pull_forward_backward` by XLA autodiff."""
+    tab = _Pull(src, logw, rew, li)
 
-    def lane(u, r, lw, t):  # F of one temperature; N, rho and dF/dT by its gradient
+    def lane(u, r, lw, t):  # F of one temperature from u_0 = u, at fixed u
         return _forward_from(tab._replace(logw=lw, rew=r), u[:, None], t[None], horizon)[0]
 
-    def one(u, t):
+    def one(t):
+        u = value_weight(li, jnp.zeros_like(li), t)
         F, (rho, N, dT) = jax.value_and_grad(lane, argnums=(0, 1, 3))(u, rew, logw, t)
-        return F, N, rho, dT - jnp.sum(N * jnp.where(logw > -jnp.inf, logw, 0.0))
+        return F, N, rho, dT + jnp.sum(rho * jnp.where(li > -jnp.inf, li, 0.0))
 
-    F, N, rho, Hs = jax.vmap(one, in_axes=(1, 0))(u0, T)
-    return F, jnp.moveaxis(N, 0, 2), rho.T, Hs
+    F, N, rho, dT = jax.vmap(one)(T)
+    return F, jnp.moveaxis(N, 0, 2), rho.T, dT
 
 
 @partial(jax.jit, static_argnames=("horizon", "maxplus", "native"))

@@ -199,22 +199,33 @@ def _native_jvp(weighted, normalize, groups, primals, tangents):
 # --------------------------------------------------------------------------------------------
 # the forward recursion of free_energy
 # --------------------------------------------------------------------------------------------
-def pull_forward(u0, src, logw, rew, T, horizon: int):
-    """F [B] from u0 [S, B] (T log init), the pull tables src/logw/rew [S, J] and T [B]
-    (float32): the log-space forward recursion over ``horizon`` steps, normalised each step."""
+def _budget() -> np.int64:
+    return np.int64(int(os.environ.get("QUASIRL_FB_MEMORY", FB_MEMORY)))
+
+
+def _pull_operands(li, src, logw, rew, T):
+    f32 = jnp.float32
+    return (li.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
+            T.astype(f32))
+
+
+def pull_forward(li, src, logw, rew, T, horizon: int):
+    """F [B] from li = log init [S] (u_0 = T li), the pull tables src/logw/rew [S, J] and
+    T [B] (float32): the log-space forward recursion over ``horizon`` steps, normalised each
+    step."""
     _require()
     out = jax.ShapeDtypeStruct(T.shape, jnp.float32)
     call = jax.ffi.ffi_call(PULL_TARGET[0], out, vmap_method="sequential")
-    return call(u0.astype(jnp.float32), src.astype(jnp.int32), logw.astype(jnp.float32),
-                rew.astype(jnp.float32), T.astype(jnp.float32), horizon=np.int64(horizon))
+    return call(*_pull_operands(li, src, logw, rew, T), horizon=np.int64(horizon))
 
 
-def pull_forward_backward(u0, src, logw, rew, T, horizon: int):
+def pull_forward_backward(li, src, logw, rew, T, horizon: int):
     """The forward recursion and its adjoint in one call (float32), for B temperatures:
     F [B]; N [S, J, B] = dF/dc for each pull entry (c = T log w + r; 0 on padding), the
-    tempered occupancy; rho [S, B] = dF/du0; Hs [B] = dF/dT at fixed u0 and c (the summed
-    entropies), so dF/dT = Hs + sum N log w. At T = 0 the weights at a maximum are shared
-    equally (the subgradient JAX takes for max)."""
+    tempered occupancy; rho [S, B] = dF/du_0 (u_0 = T li); dT [B] = dF/dT at fixed init, w
+    and r (the summed entropies + sum N log w + sum rho li). At T = 0 the weights at a
+    maximum are shared equally (the subgradient JAX takes for max), and dT is the right
+    derivative."""
     _require()
     S, J = src.shape
     B = T.shape[0]
@@ -222,43 +233,38 @@ def pull_forward_backward(u0, src, logw, rew, T, horizon: int):
     out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((S, J, B), f32),
            jax.ShapeDtypeStruct((S, B), f32), jax.ShapeDtypeStruct((B,), f32))
     call = jax.ffi.ffi_call(PULL_FB_TARGET[0], out, vmap_method="sequential")
-    return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
-                T.astype(f32), horizon=np.int64(horizon), budget=_budget())
+    return call(*_pull_operands(li, src, logw, rew, T), horizon=np.int64(horizon),
+                budget=_budget())
 
 
-def _budget() -> np.int64:
-    return np.int64(int(os.environ.get("QUASIRL_FB_MEMORY", FB_MEMORY)))
-
-
-def pull_keep(u0, src, logw, rew, T, horizon: int):
+def pull_keep(li, src, logw, rew, T, horizon: int):
     """F [B] as :func:`pull_forward` computes it, and a token [2] (int32) under which the
     kernel keeps the forward pass (tables and trajectory) for :func:`pull_adjoint`: passed
-    on as an operand, it orders the two calls and lets the adjoint skip the forward. Kept
-    passes are dropped, least recently used first, beyond ``QUASIRL_NATIVE_POOL`` bytes (4 GiB);
-    an adjoint whose pass was dropped recomputes it, to the same bits."""
+    on as an operand, it orders the two calls and lets the adjoint skip the forward, which
+    takes it out. Kept passes are dropped, least recently used first, beyond
+    ``QUASIRL_NATIVE_POOL`` bytes (4 GiB); an adjoint whose pass was dropped recomputes it, to
+    the same bits."""
     _require()
-    f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct(T.shape, f32), jax.ShapeDtypeStruct((2,), jnp.int32))
+    out = (jax.ShapeDtypeStruct(T.shape, jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32))
     call = jax.ffi.ffi_call(PULL_KEEP_TARGET[0], out, vmap_method="sequential")
-    return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
-                T.astype(f32), horizon=np.int64(horizon), budget=_budget())
+    return call(*_pull_operands(li, src, logw, rew, T), horizon=np.int64(horizon),
+                budget=_budget())
 
 
-def pull_adjoint(u0, src, logw, rew, T, W, horizon: int, token=None):
+def pull_adjoint(li, src, logw, rew, T, W, horizon: int, token=None):
     """The forward recursion and its adjoint contracted over temperatures (float32): for
-    weights W [K, B], F [B]; G [K, S, J] = sum_b W[k, b] N[:, :, b] (N of
-    :func:`pull_forward_backward`, never formed); rho [S, B] = dF/du0; dFdT [B] = dF/dT at
-    fixed u0, log w and r (Hs + sum_j N_j log w_j). What reverse mode needs: one float per
-    entry and weight per step instead of one per entry and temperature. ``token`` (from
-    :func:`pull_keep` on the same inputs) lets it reuse that forward pass."""
+    weights W [K, B], F [B]; G [K, S, J] = sum_b W[k, b] N[:, :, b] and R [K, S] =
+    sum_b W[k, b] rho[:, b] (N and rho of :func:`pull_forward_backward`, never formed); dT [B]
+    as there. What reverse mode needs: one float per entry and weight per step instead of one
+    per entry and temperature. ``token`` (from :func:`pull_keep` on the same inputs) lets it
+    reuse that forward pass."""
     _require()
     S, J = src.shape
-    B = T.shape[0]
+    B, K = T.shape[0], W.shape[0]
     f32 = jnp.float32
-    out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((W.shape[0], S, J), f32),
-           jax.ShapeDtypeStruct((S, B), f32), jax.ShapeDtypeStruct((B,), f32))
+    out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((K, S, J), f32),
+           jax.ShapeDtypeStruct((K, S), f32), jax.ShapeDtypeStruct((B,), f32))
     token = jnp.zeros((2,), jnp.int32) if token is None else token
     call = jax.ffi.ffi_call(PULL_ADJOINT_TARGET[0], out, vmap_method="sequential")
-    return call(u0.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
-                T.astype(f32), token.astype(jnp.int32), W.astype(f32),
-                horizon=np.int64(horizon), budget=_budget())
+    return call(*_pull_operands(li, src, logw, rew, T), token.astype(jnp.int32),
+                W.astype(f32), horizon=np.int64(horizon), budget=_budget())

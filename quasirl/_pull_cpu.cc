@@ -1,6 +1,7 @@
 // The log-space forward recursion of free_energy as an XLA FFI custom call for CPUs (float32).
 //
 // For B temperatures at once (u is [S, B], temperatures innermost, as in quasirl/_dynamics.py):
+//   u_0(s) = T log init(s) (-inf where init(s) = 0),
 //   u_{t+1}(s') = smax_T over the J entries j entering s' of u_t(src_j) + c_j(T),
 //   c_j(T) = T log w_j + r_j (entries with w_j = 0 are skipped),
 //   smax_T(x) = T log sum_j exp(x_j / T); the exact max at T = 0,
@@ -519,22 +520,34 @@ struct Problem {
     return lanes[b / LANES].scaled ? m > SENT_BELOW : m > NEG_INF;
   }
 
-  // u0 [S, B] (value units) into cur [S, Bp] (stored units); the first shift
-  void load(const float* u0, float* cur, float* shift) const {
-    std::vector<double> per_unit(Bp);
-    for (int64_t b = 0; b < Bp; ++b) per_unit[b] = 1.0 / unit[b];
-    for (int64_t b = 0; b < Bp; ++b) shift[b] = NEG_INF;
-    for (int64_t s = 0; s < S; ++s) {
-      for (int64_t b = 0; b < Bp; ++b) {
-        const float u = b < B ? u0[s * B + b] : NEG_INF;
-        const bool scaled = lanes[b / LANES].scaled;
-        const float out = !(u > NEG_INF) ? (scaled ? SENT : NEG_INF) : float(u * per_unit[b]);
-        cur[s * Bp + b] = out;
-        shift[b] = std::max(shift[b], out);
+  // u_0 from li = log init [S] into cur [S, Bp] (stored units: li log2(e) in log2 units, the
+  // same for every temperature; T li in value units); the first shift
+  void load(const float* li, float* cur, float* shift) const {
+    std::vector<float> tmax(size_t(nthreads) * Bp, NEG_INF);
+#pragma omp parallel num_threads(nthreads)
+    {
+      int tid = 0;
+#ifdef _OPENMP
+      tid = omp_get_thread_num();
+#endif
+      std::vector<vf> mx(nv, splat(NEG_INF));
+#pragma omp for schedule(static)
+      for (int64_t s = 0; s < S; ++s) {
+        const float l = li[s];
+        const bool ok = l > NEG_INF;
+        const vf log2u = splat(ok ? float(double(l) * 1.4426950408889634) : SENT);
+        for (int64_t v = 0; v < nv; ++v) {
+          const vf out = lanes[v].scaled ? log2u : (ok ? lanes[v].T * splat(l) : splat(NEG_INF));
+          vstore(cur + s * Bp + v * LANES, out);
+          mx[v] = vmax(mx[v], out);
+        }
       }
+      for (int64_t v = 0; v < nv; ++v) vstore(tmax.data() + size_t(tid) * Bp + v * LANES, mx[v]);
     }
     for (int64_t b = 0; b < Bp; ++b) {
-      if (!reachable(b, shift[b])) shift[b] = 0.0f;  // no start state: F = -inf, finite here
+      float m = NEG_INF;
+      for (int k = 0; k < nthreads; ++k) m = std::max(m, tmax[size_t(k) * Bp + b]);
+      shift[b] = reachable(b, m) ? m : 0.0f;  // no start state: F = -inf, finite here
     }
   }
 
@@ -624,7 +637,7 @@ struct Problem {
   }
 };
 
-void forward(const float* u0, const int32_t* src, const float* logw, const float* rew,
+void forward(const float* li, const int32_t* src, const float* logw, const float* rew,
              const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, float* F) {
   const Problem P(src, logw, rew, Tin, S, J, B);
   const int64_t Bp = P.Bp;
@@ -634,7 +647,7 @@ void forward(const float* u0, const int32_t* src, const float* logw, const float
   float* nxt = b_store.data();
   std::vector<float> shift(Bp), next_shift(Bp), m, lg2sum, nmax;
   std::vector<double> acc(Bp, 0.0);
-  P.load(u0, cur, shift.data());
+  P.load(li, cur, shift.data());
   for (int64_t t = 0; t < horizon; ++t) {
     P.step(cur, nxt, shift.data(), next_shift.data());
     for (int64_t b = 0; b < Bp; ++b) acc[b] += double(shift[b]) * P.unit[b];
@@ -681,8 +694,8 @@ struct Out {
 };
 
 // pass 1 of a backward step: for every s', the normalised weights of its entries; adds
-// q = g_{t+1}(s') p to N and writes it to Qb (both [entries, Bp]); adds
-// the entropy (log2 units) to ent [nthreads, Bp]
+// q = g_{t+1}(s') p to N and writes it to Qb (both [entries, Bp]); adds the entropy and
+// sum_j q_j log2 w_j (log2 units) to ent [nthreads, Bp]
 void back_pull(const Problem& P, const Out& O, const float* cur, const float* shift,
                const float* gnext, float* N, float* Qb, double* ent) {
   const int64_t Bp = P.Bp, J = P.J, JM = J > 0 ? J : 1;
@@ -758,7 +771,7 @@ void back_pull(const Problem& P, const Out& O, const float* cur, const float* sh
           const int64_t at = (O.first[s] + j) * Bp + off;
           vstore(N + at, vload(N + at) + q);
           vstream<true>(Qb + at, q);  // read once, by pass 2
-          e -= q * y;
+          e += q * (splat(P.ilw2[s * J + j]) - y);  // entropy and sum N log w, log2 units
         }
         myent[v] = e;
       }
@@ -797,7 +810,7 @@ void back_push(const Problem& P, const Out& O, const float* Qb, float* gcur) {
 // over states of u_H) with its entropy (log2 units, per lane).
 class Trajectory {
  public:
-  Trajectory(const Problem& P, const float* u0, int64_t horizon, int64_t budget, float* F)
+  Trajectory(const Problem& P, const float* li, int64_t horizon, int64_t budget, float* F)
       : P_(P), H_(horizon), stride_((P.S * P.Bp + 15) / 16 * 16),
         seg_(segment_length(P, horizon, budget)),
         nck_(horizon > 0 ? (horizon + seg_ - 1) / seg_ : 0), keep_all_(seg_ >= horizon),
@@ -806,7 +819,7 @@ class Trajectory {
         acc_(P.Bp, 0.0) {
     const int64_t Bp = P.Bp;
     last_ = keep_all_ ? slot(0) : slot(seg_ + 1);
-    P.load(u0, last_, shifts_.data());
+    P.load(li, last_, shifts_.data());
     for (int64_t t = 0; t < H_; ++t) {
       float *cur, *nxt;
       if (keep_all_) {
@@ -896,14 +909,25 @@ class Trajectory {
   int64_t t0_ = 0;
 };
 
-// F [B], N [S, J, B] (dF/dc, the pull layout with its padding), rho [S, B], Hs [B].
-void forward_backward(const float* u0, const int32_t* src, const float* logw, const float* rew,
+// The sum over states of g_0 li log2(e) (li = -inf: 0), per lane, into d [Bp] (double): the
+// part of dF/dT that enters through u_0 = T li, in log2 units like the rest of d.
+void add_init_term(const Problem& P, const float* g0, const float* li, double* d) {
+  for (int64_t s = 0; s < P.S; ++s) {
+    if (!(li[s] > NEG_INF)) continue;
+    const double l2 = double(li[s]) * 1.4426950408889634;
+    for (int64_t b = 0; b < P.Bp; ++b) d[b] += double(g0[s * P.Bp + b]) * l2;
+  }
+}
+
+// F [B], N [S, J, B] (dF/dc, the pull layout with its padding), rho [S, B] (dF/du_0), dT [B]
+// (dF/dT at fixed init, w and r).
+void forward_backward(const float* li, const int32_t* src, const float* logw, const float* rew,
                       const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon,
-                      int64_t budget, float* F, float* Nout, float* rho, float* Hs) {
+                      int64_t budget, float* F, float* Nout, float* rho, float* dT) {
   const Problem P(src, logw, rew, Tin, S, J, B);
   const Out O(P);
   const int64_t Bp = P.Bp;
-  Trajectory tr(P, u0, horizon, budget, F);
+  Trajectory tr(P, li, horizon, budget, F);
   const Big g_a(S * Bp), g_b(S * Bp);
   float* gnext = g_a.data();
   float* gcur = g_b.data();
@@ -939,11 +963,11 @@ void forward_backward(const float* u0, const int32_t* src, const float* logw, co
       }
     }
   }
-  for (int64_t b = 0; b < B; ++b) {
-    double e = 0.0;
-    for (int k = 0; k < P.nthreads; ++k) e += ent[size_t(k) * Bp + b];
-    Hs[b] = float(e * 0.6931471805599453);
+  for (int k = 1; k < P.nthreads; ++k) {
+    for (int64_t b = 0; b < Bp; ++b) ent[b] += ent[size_t(k) * Bp + b];
   }
+  add_init_term(P, gnext, li, ent.data());
+  for (int64_t b = 0; b < B; ++b) dT[b] = float(ent[b] * 0.6931471805599453);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1127,14 +1151,13 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
 
 // A forward pass kept for its adjoint: the tables, the trajectory and F.
 struct Kept {
-  Kept(const float* u0, const int32_t* src, const float* logw, const float* rew,
+  Kept(const float* li, const int32_t* src, const float* logw, const float* rew,
        const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, int64_t budget)
-      : P(src, logw, rew, Tin, S, J, B), F(B), tr(P, u0, horizon, budget, F.data()) {}
+      : P(src, logw, rew, Tin, S, J, B), F(B), tr(P, li, horizon, budget, F.data()) {}
   size_t bytes() const { return tr.bytes() + size_t(P.S) * size_t(P.J) * 16; }
   Problem P;
   std::vector<float> F;
   Trajectory tr;
-  std::mutex busy;  // one adjoint at a time: recomputing a segment rewrites the trajectory
 };
 
 // Forward passes that reverse mode will need: the forward in free_energy's derivative rule
@@ -1142,14 +1165,14 @@ struct Kept {
 // as an operand (a data dependency, so XLA runs the two in order); the adjoint then skips
 // the tables and the forward. The least recently used entries go first once the kept bytes
 // exceed the pool's limit; an adjoint whose token is gone (or 0) recomputes everything, with
-// the same result bit for bit.
+// the same result bit for bit. The adjoint takes its entry out.
 class KeptCache {
  public:
   static KeptCache& get() {
     static KeptCache cache;
     return cache;
   }
-  uint64_t put(std::shared_ptr<Kept> k) {
+  uint64_t put(std::unique_ptr<Kept> k) {
     const size_t bytes = k->bytes();
     std::lock_guard<std::mutex> lock(mu_);
     const uint64_t token = next_++;
@@ -1164,35 +1187,40 @@ class KeptCache {
     held_ += bytes;
     return token;
   }
-  std::shared_ptr<Kept> find(uint64_t token) {
+  // the entry, removed: its buffers go back to the pool after the adjoint, for the next
+  // forward (a second adjoint on one token, as a vjp applied twice, recomputes)
+  std::unique_ptr<Kept> take(uint64_t token) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = index_.find(token);
     if (it == index_.end()) return nullptr;
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return it->second->second;
+    std::unique_ptr<Kept> k = std::move(it->second->second);
+    held_ -= k->bytes();
+    lru_.erase(it->second);
+    index_.erase(it);
+    return k;
   }
 
  private:
   std::mutex mu_;
   uint64_t next_ = 1;
   size_t held_ = 0;
-  std::list<std::pair<uint64_t, std::shared_ptr<Kept>>> lru_;
-  std::map<uint64_t, std::list<std::pair<uint64_t, std::shared_ptr<Kept>>>::iterator> index_;
+  std::list<std::pair<uint64_t, std::unique_ptr<Kept>>> lru_;
+  std::map<uint64_t, std::list<std::pair<uint64_t, std::unique_ptr<Kept>>>::iterator> index_;
 };
 
-// F [B], G [K, S, J] (sum_b W[k, b] dF/dc[:, :, b], 0 on padding), rho [S, B], dF/dT [B],
-// from the forward kept under `token` when it is there and matches, else from scratch.
-void adjoint(const float* u0, const int32_t* src, const float* logw, const float* rew,
+// F [B], G [K, S, J] (sum_b W[k, b] dF/dc[:, :, b], 0 on padding), R [K, S] (sum_b W[k, b]
+// dF/du_0[:, b]), dF/dT [B] (at fixed init, w and r), from the forward kept under `token`
+// when it is there and matches, else from scratch.
+void adjoint(const float* li, const int32_t* src, const float* logw, const float* rew,
              const float* Tin, const float* Win, int64_t S, int64_t J, int64_t B, int64_t K,
-             int64_t horizon, int64_t budget, uint64_t token, float* F, float* Gout, float* rho,
+             int64_t horizon, int64_t budget, uint64_t token, float* F, float* Gout, float* Rout,
              float* dFdT) {
-  std::shared_ptr<Kept> kept = KeptCache::get().find(token);
+  std::unique_ptr<Kept> kept = KeptCache::get().take(token);
   if (kept && (kept->P.S != S || kept->P.J != J || kept->P.B != B ||
                kept->tr.horizon() != horizon)) {
     kept = nullptr;
   }
-  if (!kept) kept = std::make_shared<Kept>(u0, src, logw, rew, Tin, S, J, B, horizon, budget);
-  std::lock_guard<std::mutex> lock(kept->busy);
+  if (!kept) kept = std::make_unique<Kept>(li, src, logw, rew, Tin, S, J, B, horizon, budget);
   const Problem& P = kept->P;
   Trajectory& tr = kept->tr;
   for (int64_t b = 0; b < B; ++b) F[b] = kept->F[b];
@@ -1219,11 +1247,15 @@ void adjoint(const float* u0, const int32_t* src, const float* logw, const float
       std::swap(gnext, gcur);
     }
   }
-  hint_huge(rho, sizeof(float) * S * B);
   hint_huge(Gout, sizeof(float) * K * S * J);
 #pragma omp parallel for schedule(static) num_threads(P.nthreads)
   for (int64_t s = 0; s < S; ++s) {
-    for (int64_t b = 0; b < B; ++b) rho[s * B + b] = gnext[s * Bp + b];
+    for (int64_t k = 0; k < K; ++k) {
+      const float* w = W.data() + k * Bp;
+      vf a = vload(w) * vload(gnext + s * Bp);
+      for (int64_t v = 1; v < P.nv; ++v) a += vload(w + v * LANES) * vload(gnext + s * Bp + v * LANES);
+      Rout[k * S + s] = hsum(a);
+    }
     for (int64_t k = 0; k < K; ++k) {
       int64_t n = 0;
       for (int64_t j = 0; j < J; ++j) {
@@ -1232,11 +1264,11 @@ void adjoint(const float* u0, const int32_t* src, const float* logw, const float
       }
     }
   }
-  for (int64_t b = 0; b < B; ++b) {
-    double e = 0.0;
-    for (int k = 0; k < P.nthreads; ++k) e += dT[size_t(k) * Bp + b];
-    dFdT[b] = float(e * 0.6931471805599453);
+  for (int k = 1; k < P.nthreads; ++k) {
+    for (int64_t b = 0; b < Bp; ++b) dT[b] += dT[size_t(k) * Bp + b];
   }
+  add_init_term(P, gnext, li, dT.data());
+  for (int64_t b = 0; b < B; ++b) dFdT[b] = float(dT[b] * 0.6931471805599453);
 }
 
 }  // namespace
@@ -1258,7 +1290,7 @@ extern "C" __attribute__((visibility("default"))) void QuasirlExpBench(float* x,
   }
 }
 
-// u0 [S, B], src/logw/rew [S, J], T [B]: the inputs both handlers share
+// li [S] (log init), src/logw/rew [S, J], T [B]: the inputs every handler shares
 static auto PullArgs() {
   return ffi::Ffi::Bind()
       .Arg<ffi::Buffer<ffi::F32>>()
@@ -1268,11 +1300,13 @@ static auto PullArgs() {
       .Arg<ffi::Buffer<ffi::F32>>();
 }
 
-static bool pull_shapes_ok(const ffi::Buffer<ffi::F32>& u0, const ffi::Buffer<ffi::S32>& src,
+static bool pull_shapes_ok(const ffi::Buffer<ffi::F32>& li, const ffi::Buffer<ffi::S32>& src,
+                           const ffi::Buffer<ffi::F32>& logw, const ffi::Buffer<ffi::F32>& rew,
                            const ffi::Buffer<ffi::F32>& T) {
-  const auto ud = u0.dimensions();
   const auto sd = src.dimensions();
-  return ud.size() == 2 && sd.size() == 2 && ud[0] == sd[0] && T.element_count() == size_t(ud[1]);
+  return li.dimensions().size() == 1 && sd.size() == 2 && size_t(sd[0]) == li.element_count() &&
+         logw.element_count() == src.element_count() &&
+         rew.element_count() == src.element_count() && T.dimensions().size() == 1;
 }
 
 static ffi::Error out_of_memory() {  // no C++ exception may reach XLA
@@ -1282,17 +1316,18 @@ static ffi::Error out_of_memory() {  // no C++ exception may reach XLA
 }
 
 static ffi::Error bad_shapes() {
-  return ffi::Error(ffi::ErrorCode::kInvalidArgument, "u0 [S, B], src [S, J], T [B]");
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                    "log init [S], src, log w, r [S, J], T [B]");
 }
 
-ffi::Error PullImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+ffi::Error PullImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                     ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                     ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F, int64_t horizon) {
-  if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
-  const auto ud = u0.dimensions();
+  if (!pull_shapes_ok(li, src, logw, rew, T)) return bad_shapes();
+  const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
   try {
-    forward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-            T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, F->typed_data());
+    forward(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+            T.typed_data(), S, J, B, horizon, F->typed_data());
   } catch (const std::bad_alloc&) {
     return out_of_memory();
   }
@@ -1302,17 +1337,17 @@ ffi::Error PullImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullF32, PullImpl,
                               PullArgs().Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("horizon"));
 
-ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                       ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                       ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F,
                       ffi::ResultBuffer<ffi::F32> N, ffi::ResultBuffer<ffi::F32> rho,
-                      ffi::ResultBuffer<ffi::F32> Hs, int64_t horizon, int64_t budget) {
-  if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
-  const auto ud = u0.dimensions();
+                      ffi::ResultBuffer<ffi::F32> dT, int64_t horizon, int64_t budget) {
+  if (!pull_shapes_ok(li, src, logw, rew, T)) return bad_shapes();
+  const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
   try {
-    forward_backward(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-                     T.typed_data(), ud[0], src.dimensions()[1], ud[1], horizon, budget,
-                     F->typed_data(), N->typed_data(), rho->typed_data(), Hs->typed_data());
+    forward_backward(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+                     T.typed_data(), S, J, B, horizon, budget, F->typed_data(),
+                     N->typed_data(), rho->typed_data(), dT->typed_data());
   } catch (const std::bad_alloc&) {
     return out_of_memory();
   }
@@ -1333,17 +1368,17 @@ static uint64_t token_of(const ffi::Buffer<ffi::S32>& t) {
   return t.element_count() == 2 ? (uint64_t(p[1]) << 32) | uint64_t(p[0]) : 0;
 }
 
-ffi::Error PullKeepImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+ffi::Error PullKeepImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                         ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                         ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F,
                         ffi::ResultBuffer<ffi::S32> token, int64_t horizon, int64_t budget) {
-  if (!pull_shapes_ok(u0, src, T) || token->element_count() != 2) return bad_shapes();
-  const auto ud = u0.dimensions();
+  if (!pull_shapes_ok(li, src, logw, rew, T) || token->element_count() != 2) return bad_shapes();
+  const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
   try {
-    auto kept = std::make_shared<Kept>(u0.typed_data(), src.typed_data(), logw.typed_data(),
-                                       rew.typed_data(), T.typed_data(), ud[0],
-                                       src.dimensions()[1], ud[1], horizon, budget);
-    for (int64_t b = 0; b < ud[1]; ++b) F->typed_data()[b] = kept->F[b];
+    auto kept = std::make_unique<Kept>(li.typed_data(), src.typed_data(), logw.typed_data(),
+                                       rew.typed_data(), T.typed_data(), S, J, B, horizon,
+                                       budget);
+    for (int64_t b = 0; b < B; ++b) F->typed_data()[b] = kept->F[b];
     const uint64_t t = KeptCache::get().put(std::move(kept));
     uint32_t* out = reinterpret_cast<uint32_t*>(token->typed_data());
     out[0] = uint32_t(t);
@@ -1361,23 +1396,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullKeepF32, PullKeepImpl,
                                   .Attr<int64_t>("horizon")
                                   .Attr<int64_t>("budget"));
 
-ffi::Error PullAdjointImpl(ffi::Buffer<ffi::F32> u0, ffi::Buffer<ffi::S32> src,
+ffi::Error PullAdjointImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                            ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                            ffi::Buffer<ffi::F32> T, ffi::Buffer<ffi::S32> token,
                            ffi::Buffer<ffi::F32> W, ffi::ResultBuffer<ffi::F32> F,
-                           ffi::ResultBuffer<ffi::F32> G, ffi::ResultBuffer<ffi::F32> rho,
+                           ffi::ResultBuffer<ffi::F32> G, ffi::ResultBuffer<ffi::F32> R,
                            ffi::ResultBuffer<ffi::F32> dFdT, int64_t horizon, int64_t budget) {
-  if (!pull_shapes_ok(u0, src, T)) return bad_shapes();
-  const auto ud = u0.dimensions();
+  if (!pull_shapes_ok(li, src, logw, rew, T)) return bad_shapes();
+  const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
   const auto wd = W.dimensions();
-  if (wd.size() != 2 || wd[1] != ud[1]) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "W [K, B] with B = u0.shape[1]");
+  if (wd.size() != 2 || wd[1] != B) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "W [K, B] with B = T.shape[0]");
   }
   try {
-    adjoint(u0.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-            T.typed_data(), W.typed_data(), ud[0], src.dimensions()[1], ud[1], wd[0], horizon,
-            budget, token_of(token), F->typed_data(), G->typed_data(), rho->typed_data(),
-            dFdT->typed_data());
+    adjoint(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
+            T.typed_data(), W.typed_data(), S, J, B, wd[0], horizon, budget, token_of(token),
+            F->typed_data(), G->typed_data(), R->typed_data(), dFdT->typed_data());
   } catch (const std::bad_alloc&) {
     return out_of_memory();
   }

@@ -33,13 +33,21 @@ xla = np.asarray(S.stationary(f, 0.02, kernel="xla").distribution)
 mut = np.asarray(S.mutate(x, 0.03))
 mut_x = np.asarray(S.mutate(x, 0.03, kernel="xla"))
 mdp = qr.gridworld(30, 20, dtype=np.float32)
-fe_err = 0.0
+fe_err = grad_err = 0.0
+def total(r, T, native):
+    return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 60, native=native))
 # 20 lanes (padding at 8 and 16 lanes): with T = 0 lanes (value units), all T > 0 (log2 units)
 for T in (jnp.asarray([0.0, 0.01, 0.3, 1.0, 7.0] * 4, jnp.float32),
           jnp.asarray(np.geomspace(0.01, 7.0, 20), jnp.float32)):
     fe = np.asarray(qr.free_energy(mdp, T, 60))
     fe_x = np.asarray(D._free_energy_batch(mdp, T, 60, native=False))
     fe_err = max(fe_err, float(np.abs(fe - fe_x).max()))
+    # the adjoint kernel; T > 0 only: at T = 0 the gridworld's tied maxima make the gradient
+    # a choice of subgradient (the kernel splits exact ties, XLA ties within a tolerance)
+    Tp = T[T > 0]
+    g = np.asarray(jax.grad(total)(mdp.reward, Tp, None))  # native where built
+    g_x = np.asarray(jax.grad(total)(mdp.reward, Tp, False))
+    grad_err = max(grad_err, float(np.abs(g - g_x).max() / np.abs(g_x).max()))
 try:
     S.stationary(f, 0.02, kernel="native")
     err = None
@@ -48,7 +56,7 @@ except ValueError as e:
 print(json.dumps({"status": {k: st[k] for k in ("available", "reason", "path")},
                   "stationary": float(np.abs(auto - xla).max()),
                   "mutate": float(np.abs(mut - mut_x).max() / np.abs(mut_x).max()),
-                  "free_energy": fe_err, "err": err}))
+                  "free_energy": fe_err, "grad": grad_err, "err": err}))
 """
 
 
@@ -62,6 +70,7 @@ def _probe(env_extra, tmp_path):
 
 def _agree(r):
     assert r["stationary"] <= 1e-6 and r["mutate"] <= 2e-6 and r["free_energy"] <= 2e-5, r
+    assert r["grad"] <= 1e-5, r
 
 
 @needs_compiler
