@@ -2,7 +2,8 @@
 
 A result row is a plain dict (JSON-ready). ``timed_row`` fills in the roofline columns:
 
-    floor_bw_s    = bytes / measured bandwidth          (the memory-bandwidth floor)
+    floor_bw_s    = bytes / measured bandwidth          (the memory-bandwidth floor; the runner
+                                                         measures it just before each scenario)
     floor_flop_s  = flops / measured matmul rate        (the arithmetic floor)
     floor_exp_s   = transcendentals / measured exp rate (exp/log throughput floor)
     floor_s       = the largest of the three (the roofline floor)
@@ -139,7 +140,10 @@ def roofline(row: dict, ceil: dict) -> dict:
         frac_bw_floor=fb / t if t > 0 else float("nan"),
         frac_floor=floor / t if t > 0 else float("nan"),
         achieved_GBps=row.get("bytes", 0) / t / 1e9 if t > 0 else float("nan"),
+        bandwidth_Bps=bw,
     )
+    if "bandwidth_run_start_Bps" in ceil and t > 0:  # against the run's first measurement
+        row["frac_bw_floor_run_start"] = row.get("bytes", 0) / ceil["bandwidth_run_start_Bps"] / t
     return row
 
 

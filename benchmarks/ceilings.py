@@ -2,8 +2,10 @@
 
 - bandwidth: an array many times the last-level cache scaled in place by XLA (a donated
   buffer: a fresh output would also time the kernel's page faults), copied by numpy and
-  multiplied in place by numpy; each reads and writes every byte once. The largest is the
-  ceiling (the conservative choice: a higher ceiling makes our floor fractions smaller).
+  multiplied in place by numpy, on one thread and on one thread per core; each reads and
+  writes every byte once. The largest is the ceiling (the conservative choice: a higher
+  ceiling makes our floor fractions smaller). The runner measures it again just before each
+  scenario: on a shared host it varies from minute to minute (benchmarks/NOTES.md).
 - matmul rate: a large float32 matrix product (2 n^3 flops).
 - exp rate: exp of a cache-resident float32 array, iterated inside one jit (transcendental
   throughput; the XLA log-space kernels are bound by it on CPUs), and on CPUs the same with
@@ -13,7 +15,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +36,10 @@ def _best(fn, repeats):
 
 
 def bandwidth(nbytes: int, repeats: int = 5) -> dict:
-    """Bytes/s moved by XLA's in-place (donated) scale x <- a*x and by numpy's copy and in-place
-    multiply, on arrays of ``nbytes``; each reads and writes every byte once."""
+    """Bytes/s moved by XLA's in-place (donated) scale x <- a*x, by numpy's copy and in-place
+    multiply, and by the in-place multiply split over one thread per core (one core may not
+    draw all the memory bandwidth there is), on arrays of ``nbytes``; each reads and writes
+    every byte once."""
     n = nbytes // 4
     a = jnp.float32(1.0)
     scale = jax.jit(lambda x, a: x * a, donate_argnums=0)
@@ -50,8 +56,18 @@ def bandwidth(nbytes: int, repeats: int = 5) -> dict:
     np.copyto(ys, xs)
     copy = 2 * n * 4 / _best(lambda: np.copyto(ys, xs), repeats)
     inplace = 2 * n * 4 / _best(lambda: np.multiply(xs, np.float32(1.0), out=xs), repeats)
+    k = os.cpu_count() or 1
+    parts = np.array_split(xs, k)
+    with ThreadPoolExecutor(k) as pool:  # numpy's ufuncs release the GIL
+
+        def threads():
+            list(pool.map(lambda p: np.multiply(p, np.float32(1.0), out=p), parts))
+
+        threads()
+        threaded = 2 * n * 4 / _best(threads, repeats)
     return {"bandwidth_xla_scale_Bps": xla, "bandwidth_numpy_copy_Bps": copy,
-            "bandwidth_numpy_inplace_Bps": inplace, "bandwidth_Bps": max(xla, copy, inplace),
+            "bandwidth_numpy_inplace_Bps": inplace, "bandwidth_numpy_threads_Bps": threaded,
+            "bandwidth_threads": k, "bandwidth_Bps": max(xla, copy, inplace, threaded),
             "bandwidth_array_bytes": n * 4}
 
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown scenario(s) {bad}; choose from {list(SCENARIOS)}", file=sys.stderr)
         return 2
     from . import ceilings
-    from ._harness import machine_info, print_table
+    from ._harness import machine_info, print_table, roofline
 
     t_start = time.time()
     record = {"machine": machine_info(), "quick": a.quick, "scenarios": only}
@@ -118,15 +118,30 @@ def main(argv: list[str] | None = None) -> int:
     cfg = plan(a)
     record["config"] = {k: cfg[k] for k in only}
     rows, errors = [], {}
+    record["ceilings_per_scenario"] = {}
     for name in only:
+        # the bandwidth again, just before and after the scenario: on a shared host it changes
+        # from one minute to the next (benchmarks/NOTES.md, "Measuring the ceilings")
+        here = dict(ceil)
+        if not a.quick:
+            local = ceilings.bandwidth(ceil["bandwidth_array_bytes"])
+            record["ceilings_per_scenario"][name] = local
+            here.update(local, bandwidth_run_start_Bps=ceil["bandwidth_Bps"])
+            print(f"  bandwidth now {local['bandwidth_Bps'] / 1e9:.1f} GB/s", flush=True)
         print(f"running {name} {cfg[name]} ...", flush=True)
         t0 = time.time()
         try:
-            out = _scenario(name)(ceil, **cfg[name])
+            out = _scenario(name)(here, **cfg[name])
         except Exception as exc:  # one broken scenario must not lose the others' numbers
             errors[name] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
             continue
+        if not a.quick:  # and just after; the larger of the two is the scenario's ceiling
+            after = ceilings.bandwidth(ceil["bandwidth_array_bytes"])
+            record["ceilings_per_scenario"][name + " after"] = after
+            if after["bandwidth_Bps"] > here["bandwidth_Bps"]:
+                here.update(after, bandwidth_run_start_Bps=ceil["bandwidth_Bps"])
+                out = [roofline(r, here) for r in out]
         for r in out:
             r.setdefault("loadavg", [round(x, 2) for x in os.getloadavg()])
         rows.extend(out)

@@ -992,6 +992,17 @@ QI float hsum(vf a) {
 #endif
 }
 
+QI bool all_zero(vf a) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask((__m512)a, _mm512_setzero_ps(), _CMP_EQ_OQ) == 0xFFFF;
+#else
+  const vi z = a == splat(0.0f);
+  int all = -1;
+  for (int i = 0; i < LANES; ++i) all &= z[i];
+  return all != 0;
+#endif
+}
+
 struct Fused {
   const Problem& P;
   const float* W;  // [K, Bp], 0 on the padding lanes
@@ -1047,10 +1058,7 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
         const int64_t off = v * LANES;
         const vf g = vload(gnext + s * Bp + off);
         vf* q = qv.data() + v;  // q[j * nv]
-        const auto gz = g == splat(0.0f);
-        bool allzero = true;
-        for (int i = 0; i < LANES; ++i) allzero = allzero && gz[i];
-        if (allzero) {  // no occupancy: every q is 0
+        if (all_zero(g)) {  // no occupancy: every q is 0
           for (int32_t j = 0; j < c; ++j) q[j * nv] = splat(0.0f);
           continue;
         }
