@@ -7,7 +7,9 @@
   entry for every block of g sites.
 * ``_pull_cpu.cc``: the log-space forward recursion of ``free_energy`` in float32 for sparse
   MDPs, all temperatures at once, with vectorised exp and log polynomials (XLA's exp is the
-  bottleneck of the XLA path on CPUs).
+  bottleneck of the XLA path on CPUs), and its adjoint: per temperature (N = dF/dc, for
+  forward mode) or contracted with the cotangent as it goes (reverse mode); the forward pass
+  of a derivative is kept for the adjoint under a token (:func:`pull_keep`).
 
 benchmarks/NOTES.md has the measurements. Both sources are compiled once per machine, into
 one library, with the system C++ compiler (``$CXX`` or ``c++``) against the FFI headers jaxlib
@@ -20,8 +22,11 @@ build writes a temporary file and renames it, so concurrent processes are safe. 
 compiler works (or ``QUASIRL_NATIVE=0``), :func:`status` says why and every function uses the
 XLA path, with the same results to rounding.
 
-Under differentiation the primal still runs the kernel and the tangent is the XLA path's
-(``jax.custom_jvp``); under ``vmap`` a kernel runs once per batch entry.
+Eigen's operator differentiates through the XLA path (``jax.custom_jvp``); ``free_energy``
+through its own kernels (:mod:`quasirl._native_ad`). Under ``vmap`` a kernel runs once per
+batch entry. Large kernel buffers are 2 MB-page allocations kept for the next call, up to
+``QUASIRL_NATIVE_POOL`` bytes (4 GiB) with the kept forward passes (fresh pages cost the OS
+zeroing them: a third of a short forward-backward at S = 10^6).
 """
 
 from __future__ import annotations

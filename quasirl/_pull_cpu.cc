@@ -16,6 +16,11 @@
 // AVX-512), in GCC vector types; nothing here needs -ffast-math. The gathered rows of the next
 // states are prefetched, and a u much larger than the caches is written with streaming stores.
 // benchmarks/NOTES.md (section 11) has the measured effect of each of these.
+//
+// The adjoint (below forward()) runs backwards over the kept u_t: per temperature, with
+// N = dF/dc per entry (forward_backward, for forward mode), or contracted with weights W
+// over temperatures as it goes (adjoint, for reverse mode: W holds the cotangent of F), in
+// one pass per step by destination (sections 12 and 13).
 
 #include <algorithm>
 #include <cmath>
@@ -974,12 +979,16 @@ void forward_backward(const float* li, const int32_t* src, const float* logw, co
 // The adjoint contracted over temperatures (reverse mode): for weights W [K, B] (the
 // cotangent of F, and its products with T),
 //   G[k] = sum_b W[k, b] N[:, :, b]     [K, S, J], without N itself,
-//   rho = g_0 [S, B], and dF/dT = Hs + sum_j N_j log w_j [B] (both per temperature).
+//   R[k] = sum_b W[k, b] g_0[:, b]      [K, S],
+//   dF/dT = Hs + sum_j N_j log w_j + sum_s g_0 log init [B] (per temperature).
 // One pass per step, by destination: q_j = g_{t+1}(s') p_j as in back_pull, contracted into
 // G, and added to g_t(src_j). Each thread owns the g_t rows of its own range of states: it
-// zeroes them just before their first use (a frontier that follows the sources, so on a
-// banded MDP each row is zeroed while in cache) and adds into them directly; a q bound for
-// another thread's rows is queued and added by that thread after a barrier.
+// zeroes them just before their first use (up to the largest source of the destination at
+// hand, so on a banded MDP each row is zeroed while in cache, with CLZERO where the CPU has
+// it: no read of the old line) and adds into them directly; a q bound for another thread's
+// rows is queued and added by that thread after a barrier. A destination without occupancy
+// (g_{t+1} = 0 in every lane) contributes nothing and is skipped, and the u_t rows gathered
+// ahead (prefetched) are only those of destinations with occupancy.
 // ------------------------------------------------------------------------------------------
 
 QI float hsum(vf a) {
@@ -989,6 +998,16 @@ QI float hsum(vf a) {
   float s = 0.0f;
   for (int i = 0; i < LANES; ++i) s += a[i];
   return s;
+#endif
+}
+
+// zero a row of n floats (n a multiple of 16, 64-byte aligned): with CLZERO (AMD) each line is
+// zeroed in the cache without first being read from memory
+QI void zero_row(float* p, int64_t n) {
+#if defined(__CLZERO__)
+  for (int64_t o = 0; o < n; o += 16) __builtin_ia32_clzero(p + o);
+#else
+  for (int64_t o = 0; o < n; o += LANES) vstore(p + o, splat(0.0f));
 #endif
 }
 
@@ -1005,6 +1024,7 @@ QI bool all_zero(vf a) {
 
 struct Fused {
   const Problem& P;
+  const int32_t* maxsrc;  // [S] the largest source of each state's entries (-1: none)
   const float* W;  // [K, Bp], 0 on the padding lanes
   int64_t K;
   float* G;        // [E, K], compact entry order
@@ -1037,13 +1057,20 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
     std::vector<vf> x(JM), y2(JM), ex(JM), qv(JM * nv), myd(nv, splat(0.0f));
     int64_t frontier = s0;  // rows [s0, frontier) of gcur are zeroed
     auto zero_to = [&](int64_t end) {
-      for (; frontier < end; ++frontier) {
-        for (int64_t v = 0; v < nv; ++v) vstore(gcur + frontier * Bp + v * LANES, splat(0.0f));
-      }
+      for (; frontier < end; ++frontier) zero_row(gcur + frontier * Bp, Bp);
     };
-    constexpr int64_t PD = 16;
+    constexpr int64_t PD = 16;  // prefetch distance, states: g at 2 PD, then u rows at PD
+    auto occupied = [&](int64_t s) {
+      for (int64_t v = 0; v < nv; ++v) {
+        if (!all_zero(vload(gnext + s * Bp + v * LANES))) return true;
+      }
+      return false;
+    };
     for (int64_t s = s0; s < s1; ++s) {
-      if (s + PD < s1) {
+      if (s + 2 * PD < s1) {
+        for (int64_t o = 0; o < Bp; o += 16) __builtin_prefetch(gnext + (s + 2 * PD) * Bp + o);
+      }
+      if (s + PD < s1 && occupied(s + PD)) {  // the rows a destination with occupancy gathers
         const int32_t* sp = P.isrc.data() + (s + PD) * J;
         for (int32_t j = 0; j < P.cnt[s + PD]; ++j) {
           for (int64_t o = 0; o < Bp; o += 16) __builtin_prefetch(cur + int64_t(sp[j]) * Bp + o);
@@ -1051,6 +1078,9 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
       }
       const int32_t c = P.cnt[s];
       if (c == 0) continue;
+      // every owned row a source of s may be is zeroed before it is added to
+      zero_to(std::min<int64_t>(A.maxsrc[s] + 1, s1));
+      if (!occupied(s)) continue;  // every q is 0: nothing to add or contract
       const int32_t* sj = P.isrc.data() + s * J;
       bool any = false;
       for (int64_t v = 0; v < nv; ++v) {
@@ -1116,7 +1146,6 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
         const int64_t src = sj[j];
         const vf* q = qv.data() + j * nv;
         if (src >= s0 && src < s1) {
-          if (src >= frontier) zero_to(src + 1);
           if (!any) continue;
           float* row = gcur + src * Bp;
           for (int64_t v = 0; v < nv; ++v) vstore(row + v * LANES, vload(row + v * LANES) + q[v]);
@@ -1245,7 +1274,11 @@ void adjoint(const float* li, const int32_t* src, const float* logw, const float
   float* gcur = g_b.data();
   std::vector<double> dT(size_t(P.nthreads) * Bp, 0.0);
   tr.final_message(gnext, dT.data());
-  const Fused A{P, W.data(), K, Gb.data(), first.data()};
+  std::vector<int32_t> maxsrc(S, -1);
+  for (int64_t s = 0; s < S; ++s) {
+    for (int32_t j = 0; j < P.cnt[s]; ++j) maxsrc[s] = std::max(maxsrc[s], P.isrc[s * J + j]);
+  }
+  const Fused A{P, maxsrc.data(), W.data(), K, Gb.data(), first.data()};
   std::vector<std::vector<Queue>> queues(P.nthreads, std::vector<Queue>(P.nthreads));
   for (int64_t i = tr.segments() - 1; i >= 0; --i) {
     int64_t t0, t1;
