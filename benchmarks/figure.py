@@ -33,6 +33,16 @@ def roofline_figure(rows: list[dict], path, title: str = ""):
     a2.set_yticks(y, [""] * len(rows))
     a2.invert_yaxis()
     a2.set_xscale("log")
+    # bars from a whole decade below the smallest value (a log axis has no zero), each
+    # labelled with its value
+    vals = np.concatenate([frac, fbw]) * 100
+    lo = np.nanmin(vals[vals > 0]) if np.any(vals > 0) else 1.0
+    a2.set_xlim(10.0 ** np.floor(np.log10(lo)), 150)
+    for yy, v in ((y - h / 2, frac), (y + h / 2, fbw)):
+        for yi, vi in zip(yy, v * 100, strict=True):
+            if np.isfinite(vi) and vi > 0:
+                a2.text(vi * 1.04, yi, f"{vi:.0f}%" if vi >= 10 else f"{vi:.1f}%",
+                        va="center", fontsize=7)
     a2.set_xlabel("floor / measured [%]")
     a2.axvline(100, color="k", lw=0.8)
     a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
