@@ -151,6 +151,22 @@ def status() -> dict:
     return {k: v for k, v in _state.items() if not k.startswith("_")}
 
 
+def memory() -> dict:
+    """Bytes the native kernels keep between calls: free buffers, forward passes kept for an
+    adjoint, and the limit on both together (``QUASIRL_NATIVE_POOL``)."""
+    if not status()["available"]:
+        return {"free": 0, "kept": 0, "limit": 0}
+    out = (ctypes.c_uint64 * 3)()
+    _state["_lib"].QuasirlNativeHeld(out)
+    return {"free": int(out[0]), "kept": int(out[1]), "limit": int(out[2])}
+
+
+def release() -> None:
+    """Give back to the OS everything the native kernels keep between calls."""
+    if status()["available"]:
+        _state["_lib"].QuasirlNativeRelease()
+
+
 def available() -> bool:
     return bool(status()["available"]) and jax.default_backend() == "cpu"
 
@@ -208,6 +224,10 @@ def _budget() -> np.int64:
     return np.int64(int(os.environ.get("QUASIRL_FB_MEMORY", FB_MEMORY)))
 
 
+def _token(token):  # none (0): the kernel runs the forward itself
+    return jnp.zeros((2,), jnp.int32) if token is None else token.astype(jnp.int32)
+
+
 def _pull_operands(li, src, logw, rew, T):
     f32 = jnp.float32
     return (li.astype(f32), src.astype(jnp.int32), logw.astype(f32), rew.astype(f32),
@@ -224,13 +244,13 @@ def pull_forward(li, src, logw, rew, T, horizon: int):
     return call(*_pull_operands(li, src, logw, rew, T), horizon=np.int64(horizon))
 
 
-def pull_forward_backward(li, src, logw, rew, T, horizon: int):
+def pull_forward_backward(li, src, logw, rew, T, horizon: int, token=None):
     """The forward recursion and its adjoint in one call (float32), for B temperatures:
     F [B]; N [S, J, B] = dF/dc for each pull entry (c = T log w + r; 0 on padding), the
     tempered occupancy; rho [S, B] = dF/du_0 (u_0 = T li); dT [B] = dF/dT at fixed init, w
     and r (the summed entropies + sum N log w + sum rho li). At T = 0 the weights at a
     maximum are shared equally (the subgradient JAX takes for max), and dT is the right
-    derivative."""
+    derivative. ``token``: as for :func:`pull_adjoint`."""
     _require()
     S, J = src.shape
     B = T.shape[0]
@@ -238,17 +258,18 @@ def pull_forward_backward(li, src, logw, rew, T, horizon: int):
     out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((S, J, B), f32),
            jax.ShapeDtypeStruct((S, B), f32), jax.ShapeDtypeStruct((B,), f32))
     call = jax.ffi.ffi_call(PULL_FB_TARGET[0], out, vmap_method="sequential")
-    return call(*_pull_operands(li, src, logw, rew, T), horizon=np.int64(horizon),
-                budget=_budget())
+    return call(*_pull_operands(li, src, logw, rew, T), _token(token),
+                horizon=np.int64(horizon), budget=_budget())
 
 
 def pull_keep(li, src, logw, rew, T, horizon: int):
     """F [B] as :func:`pull_forward` computes it, and a token [2] (int32) under which the
     kernel keeps the forward pass (tables and trajectory) for :func:`pull_adjoint`: passed
-    on as an operand, it orders the two calls and lets the adjoint skip the forward, which
-    takes it out. Kept passes are dropped, least recently used first, beyond
-    ``QUASIRL_NATIVE_POOL`` bytes (4 GiB); an adjoint whose pass was dropped recomputes it, to
-    the same bits."""
+    on as an operand, it orders the two calls and lets the adjoint (or
+    :func:`pull_forward_backward`) skip the forward, taking it out. Kept passes are dropped,
+    least recently used first, where they and the free buffers would exceed
+    ``QUASIRL_NATIVE_POOL`` bytes (4 GiB; :func:`memory`, :func:`release`); an adjoint whose
+    pass was dropped recomputes it, to the same bits."""
     _require()
     out = (jax.ShapeDtypeStruct(T.shape, jnp.float32), jax.ShapeDtypeStruct((2,), jnp.int32))
     call = jax.ffi.ffi_call(PULL_KEEP_TARGET[0], out, vmap_method="sequential")
@@ -269,7 +290,6 @@ def pull_adjoint(li, src, logw, rew, T, W, horizon: int, token=None):
     f32 = jnp.float32
     out = (jax.ShapeDtypeStruct((B,), f32), jax.ShapeDtypeStruct((K, S, J), f32),
            jax.ShapeDtypeStruct((K, S), f32), jax.ShapeDtypeStruct((B,), f32))
-    token = jnp.zeros((2,), jnp.int32) if token is None else token
     call = jax.ffi.ffi_call(PULL_ADJOINT_TARGET[0], out, vmap_method="sequential")
-    return call(*_pull_operands(li, src, logw, rew, T), token.astype(jnp.int32),
+    return call(*_pull_operands(li, src, logw, rew, T), _token(token),
                 W.astype(f32), horizon=np.int64(horizon), budget=_budget())

@@ -11,7 +11,8 @@ rho = dF/du_0 and dF/dT at fixed init, w and r (:func:`quasirl._native.pull_forw
 ``keep`` runs the forward kernel and keeps its pass for the adjoint under ``token``; the
 tangent is linear in its last four operands. Its rules:
 
-* evaluated (forward mode): the kernel that returns N and rho, then the contraction;
+* evaluated (forward mode): the kernel that returns N and rho (from the kept pass), then the
+  contraction;
 * transposed (reverse mode): the cotangent of F is known, so ``adjoint`` runs the kernel that
   contracts over temperatures as it goes (:func:`quasirl._native.pull_adjoint`), from the
   kept pass: one float per entry and weight instead of one per entry and temperature, the
@@ -150,7 +151,7 @@ def tangent(li, src, logw, rew, T, token, drew, dlogw, dT, dli, horizon: int):
 
 
 def _tangent_impl(li, src, logw, rew, T, token, drew, dlogw, dT, dli, *, horizon):
-    _, N, rho, dTf = _native.pull_forward_backward(li, src, logw, rew, T, horizon)
+    _, N, rho, dTf = _native.pull_forward_backward(li, src, logw, rew, T, horizon, token)
     return _contract(N, rho, dTf, li, logw, T, drew, dlogw, dT, dli)
 
 
@@ -188,8 +189,8 @@ def _tangent_transpose(ct, li, src, logw, rew, T, token, drew, dlogw, dT, dli, *
 
 def _tangent_batch(args, dims, *, horizon):
     if all(d is None for d in dims[:_NRES]):  # only tangents: N once
-        li, src, logw, rew, T, _ = args[:_NRES]
-        _, N, rho, dTf = _native.pull_forward_backward(li, src, logw, rew, T, horizon)
+        li, src, logw, rew, T, token = args[:_NRES]
+        _, N, rho, dTf = _native.pull_forward_backward(li, src, logw, rew, T, horizon, token)
         out = jax.vmap(lambda *lin: _contract(N, rho, dTf, li, logw, T, *lin),
                        in_axes=tuple(dims[_NRES:]))(*args[_NRES:])
         return out, 0

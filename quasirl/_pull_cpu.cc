@@ -78,10 +78,11 @@ QI void hint_huge(void* p, size_t bytes) {
 #endif
 }
 
-// Freed large buffers, kept for the next call up to POOL_BYTES in all: a fresh page costs the
-// OS zeroing it, which was a third of a 10-step forward-backward at S = 10^6 (repeated calls
-// on one problem, as in an optimisation loop, are the common case; XLA's allocator keeps its
-// buffers too). QUASIRL_NATIVE_POOL (bytes, read once) sets the limit; 0 keeps nothing.
+// Freed large buffers, kept for the next call: a fresh page costs the OS zeroing it, which was
+// a third of a 10-step forward-backward at S = 10^6 (repeated calls on one problem, as in an
+// optimisation loop, are the common case; XLA's allocator keeps its buffers too). The free
+// buffers and the forward passes kept for an adjoint (KeptCache, below) together stay within
+// QUASIRL_NATIVE_POOL bytes (read once; default 4 GiB; 0 keeps nothing).
 class Pool {
  public:
   static Pool& get() {
@@ -101,30 +102,53 @@ class Pool {
   }
   void give(void* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    while (held_ + bytes > limit_ && !free_.empty()) {  // drop the largest kept blocks first
-      auto last = std::prev(free_.end());
-      std::free(last->second);
-      held_ -= last->first;
-      free_.erase(last);
-    }
-    if (held_ + bytes > limit_) {
+    if (!room(bytes)) {
       std::free(p);
       return;
     }
     free_.emplace(bytes, p);
     held_ += bytes;
   }
-
+  // account `bytes` more (or fewer) held by kept forward passes; false (and nothing
+  // accounted) where they do not fit beside what must stay
+  bool hold(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!room(bytes)) return false;
+    kept_ += bytes;
+    return true;
+  }
+  void unhold(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept_ -= bytes;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& kv : free_) std::free(kv.second);
+    free_.clear();
+    held_ = 0;
+  }
   size_t limit() const { return limit_; }
+  size_t free_bytes() const { return held_; }
+  size_t kept_bytes() const { return kept_; }
 
  private:
   Pool() {
     const char* env = std::getenv("QUASIRL_NATIVE_POOL");
     limit_ = env != nullptr ? size_t(std::strtoull(env, nullptr, 10)) : (size_t(4) << 30);
   }
+  // frees kept blocks, the largest first, until `bytes` more fit (mu_ held)
+  bool room(size_t bytes) {
+    while (held_ + kept_ + bytes > limit_ && !free_.empty()) {
+      auto last = std::prev(free_.end());
+      std::free(last->second);
+      held_ -= last->first;
+      free_.erase(last);
+    }
+    return held_ + kept_ + bytes <= limit_;
+  }
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
-  size_t held_ = 0, limit_;
+  size_t held_ = 0, kept_ = 0, limit_;
 };
 
 // A large buffer on 2 MB pages where the kernel allows it (transparent huge pages in
@@ -152,6 +176,7 @@ class Buf {
   Buf& operator=(const Buf&) = delete;
   T* data() const { return p_; }
   T& operator[](size_t i) const { return p_[i]; }
+  size_t bytes() const { return bytes_; }  // as allocated
 
  private:
   size_t bytes_;
@@ -844,10 +869,7 @@ class Trajectory {
 
   int64_t segments() const { return nck_; }
   int64_t horizon() const { return H_; }
-  size_t bytes() const {
-    return sizeof(float) * size_t(stride_) * size_t((keep_all_ ? H_ + 1 : seg_ + 3) +
-                                                     (keep_all_ ? 0 : nck_));
-  }
+  size_t bytes() const { return store_.bytes() + ck_.bytes(); }
   // the steps [t0, t1) of segment i, with u_t0 .. u_t1 made available to state()
   void open(int64_t i, int64_t& t0, int64_t& t1) {
     t0 = i * seg_;
@@ -914,6 +936,93 @@ class Trajectory {
   int64_t t0_ = 0;
 };
 
+// A forward pass kept for its adjoint: the tables, the trajectory and F.
+struct Kept {
+  Kept(const float* li, const int32_t* src, const float* logw, const float* rew,
+       const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, int64_t budget)
+      : P(src, logw, rew, Tin, S, J, B), F(B), tr(P, li, horizon, budget, F.data()) {}
+  size_t bytes() const {
+    return tr.bytes() + P.cnt.bytes() + P.isrc.bytes() + P.ilw.bytes() + P.ilw2.bytes() +
+           P.irw.bytes();
+  }
+  Problem P;
+  std::vector<float> F;
+  Trajectory tr;
+};
+
+// Forward passes that reverse mode will need: the forward in free_energy's derivative rule
+// (quasirl_pull_keep_f32) leaves its Kept here under a token, which JAX hands to the adjoint
+// as an operand (a data dependency, so XLA runs the two in order); the adjoint then skips
+// the tables and the forward. The least recently used entries go first once the kept bytes
+// exceed the pool's limit; an adjoint whose token is gone (or 0) recomputes everything, with
+// the same result bit for bit. The adjoint takes its entry out.
+class KeptCache {
+ public:
+  static KeptCache& get() {
+    static KeptCache cache;
+    return cache;
+  }
+  uint64_t put(std::unique_ptr<Kept> k) {
+    const size_t bytes = k->bytes();
+    std::vector<std::unique_ptr<Kept>> dropped;  // destroyed after the lock is released
+    std::lock_guard<std::mutex> lock(mu_);
+    const uint64_t token = next_++;
+    bool held;
+    while (!(held = Pool::get().hold(bytes)) && !lru_.empty()) {  // least recently kept first
+      dropped.push_back(std::move(lru_.back().second));
+      Pool::get().unhold(dropped.back()->bytes());
+      index_.erase(lru_.back().first);
+      lru_.pop_back();
+    }
+    if (held) {  // else never kept (larger than the limit): the adjoint recomputes it
+      lru_.emplace_front(token, std::move(k));
+      index_[token] = lru_.begin();
+    }
+    return token;
+  }
+  // the entry, removed: its buffers go back to the pool after the adjoint, for the next
+  // forward (a second adjoint on one token, as a vjp applied twice, recomputes)
+  std::unique_ptr<Kept> take(uint64_t token) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(token);
+    if (it == index_.end()) return nullptr;
+    std::unique_ptr<Kept> k = std::move(it->second->second);
+    Pool::get().unhold(k->bytes());
+    lru_.erase(it->second);
+    index_.erase(it);
+    return k;
+  }
+  void clear() {
+    std::list<std::pair<uint64_t, std::unique_ptr<Kept>>> all;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& e : lru_) Pool::get().unhold(e.second->bytes());
+      all.swap(lru_);
+      index_.clear();
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  uint64_t next_ = 1;
+  std::list<std::pair<uint64_t, std::unique_ptr<Kept>>> lru_;
+  std::map<uint64_t, std::list<std::pair<uint64_t, std::unique_ptr<Kept>>>::iterator> index_;
+};
+
+// The pass kept under `token` when it is there and matches these shapes and horizon, taken
+// out of the cache; else a new one (the same arithmetic, so the same bits).
+std::unique_ptr<Kept> kept_or_new(uint64_t token, const float* li, const int32_t* src,
+                                  const float* logw, const float* rew, const float* Tin,
+                                  int64_t S, int64_t J, int64_t B, int64_t horizon,
+                                  int64_t budget) {
+  std::unique_ptr<Kept> kept = KeptCache::get().take(token);
+  if (kept && kept->P.S == S && kept->P.J == J && kept->P.B == B &&
+      kept->tr.horizon() == horizon) {
+    return kept;
+  }
+  return std::make_unique<Kept>(li, src, logw, rew, Tin, S, J, B, horizon, budget);
+}
+
 // The sum over states of g_0 li log2(e) (li = -inf: 0), per lane, into d [Bp] (double): the
 // part of dF/dT that enters through u_0 = T li, in log2 units like the rest of d.
 void add_init_term(const Problem& P, const float* g0, const float* li, double* d) {
@@ -928,11 +1037,15 @@ void add_init_term(const Problem& P, const float* g0, const float* li, double* d
 // (dF/dT at fixed init, w and r).
 void forward_backward(const float* li, const int32_t* src, const float* logw, const float* rew,
                       const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon,
-                      int64_t budget, float* F, float* Nout, float* rho, float* dT) {
-  const Problem P(src, logw, rew, Tin, S, J, B);
+                      int64_t budget, uint64_t token, float* F, float* Nout, float* rho,
+                      float* dT) {
+  std::unique_ptr<Kept> kept = kept_or_new(token, li, src, logw, rew, Tin, S, J, B, horizon,
+                                           budget);
+  const Problem& P = kept->P;
+  Trajectory& tr = kept->tr;
+  for (int64_t b = 0; b < B; ++b) F[b] = kept->F[b];
   const Out O(P);
   const int64_t Bp = P.Bp;
-  Trajectory tr(P, li, horizon, budget, F);
   const Big g_a(S * Bp), g_b(S * Bp);
   float* gnext = g_a.data();
   float* gcur = g_b.data();
@@ -1186,65 +1299,6 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
   }
 }
 
-// A forward pass kept for its adjoint: the tables, the trajectory and F.
-struct Kept {
-  Kept(const float* li, const int32_t* src, const float* logw, const float* rew,
-       const float* Tin, int64_t S, int64_t J, int64_t B, int64_t horizon, int64_t budget)
-      : P(src, logw, rew, Tin, S, J, B), F(B), tr(P, li, horizon, budget, F.data()) {}
-  size_t bytes() const { return tr.bytes() + size_t(P.S) * size_t(P.J) * 16; }
-  Problem P;
-  std::vector<float> F;
-  Trajectory tr;
-};
-
-// Forward passes that reverse mode will need: the forward in free_energy's derivative rule
-// (quasirl_pull_keep_f32) leaves its Kept here under a token, which JAX hands to the adjoint
-// as an operand (a data dependency, so XLA runs the two in order); the adjoint then skips
-// the tables and the forward. The least recently used entries go first once the kept bytes
-// exceed the pool's limit; an adjoint whose token is gone (or 0) recomputes everything, with
-// the same result bit for bit. The adjoint takes its entry out.
-class KeptCache {
- public:
-  static KeptCache& get() {
-    static KeptCache cache;
-    return cache;
-  }
-  uint64_t put(std::unique_ptr<Kept> k) {
-    const size_t bytes = k->bytes();
-    std::lock_guard<std::mutex> lock(mu_);
-    const uint64_t token = next_++;
-    if (bytes > Pool::get().limit()) return token;  // never kept
-    while (held_ + bytes > Pool::get().limit() && !lru_.empty()) {
-      held_ -= lru_.back().second->bytes();
-      index_.erase(lru_.back().first);
-      lru_.pop_back();
-    }
-    lru_.emplace_front(token, std::move(k));
-    index_[token] = lru_.begin();
-    held_ += bytes;
-    return token;
-  }
-  // the entry, removed: its buffers go back to the pool after the adjoint, for the next
-  // forward (a second adjoint on one token, as a vjp applied twice, recomputes)
-  std::unique_ptr<Kept> take(uint64_t token) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = index_.find(token);
-    if (it == index_.end()) return nullptr;
-    std::unique_ptr<Kept> k = std::move(it->second->second);
-    held_ -= k->bytes();
-    lru_.erase(it->second);
-    index_.erase(it);
-    return k;
-  }
-
- private:
-  std::mutex mu_;
-  uint64_t next_ = 1;
-  size_t held_ = 0;
-  std::list<std::pair<uint64_t, std::unique_ptr<Kept>>> lru_;
-  std::map<uint64_t, std::list<std::pair<uint64_t, std::unique_ptr<Kept>>>::iterator> index_;
-};
-
 // F [B], G [K, S, J] (sum_b W[k, b] dF/dc[:, :, b], 0 on padding), R [K, S] (sum_b W[k, b]
 // dF/du_0[:, b]), dF/dT [B] (at fixed init, w and r), from the forward kept under `token`
 // when it is there and matches, else from scratch.
@@ -1252,12 +1306,8 @@ void adjoint(const float* li, const int32_t* src, const float* logw, const float
              const float* Tin, const float* Win, int64_t S, int64_t J, int64_t B, int64_t K,
              int64_t horizon, int64_t budget, uint64_t token, float* F, float* Gout, float* Rout,
              float* dFdT) {
-  std::unique_ptr<Kept> kept = KeptCache::get().take(token);
-  if (kept && (kept->P.S != S || kept->P.J != J || kept->P.B != B ||
-               kept->tr.horizon() != horizon)) {
-    kept = nullptr;
-  }
-  if (!kept) kept = std::make_unique<Kept>(li, src, logw, rew, Tin, S, J, B, horizon, budget);
+  std::unique_ptr<Kept> kept = kept_or_new(token, li, src, logw, rew, Tin, S, J, B, horizon,
+                                           budget);
   const Problem& P = kept->P;
   Trajectory& tr = kept->tr;
   for (int64_t b = 0; b < B; ++b) F[b] = kept->F[b];
@@ -1314,6 +1364,21 @@ void adjoint(const float* li, const int32_t* src, const float* logw, const float
 
 }  // namespace
 
+// What the kernels keep between calls, in bytes: out[0] free buffers, out[1] forward passes
+// kept for an adjoint, out[2] the limit (QUASIRL_NATIVE_POOL).
+extern "C" __attribute__((visibility("default"))) void QuasirlNativeHeld(uint64_t* out) {
+  out[0] = Pool::get().free_bytes();
+  out[1] = Pool::get().kept_bytes();
+  out[2] = Pool::get().limit();
+}
+
+// Drop everything the kernels keep between calls (kept forward passes are recomputed if an
+// adjoint asks for them later).
+extern "C" __attribute__((visibility("default"))) void QuasirlNativeRelease() {
+  KeptCache::get().clear();
+  Pool::get().release();
+}
+
 // The kernel's exp throughput, for the benchmarks' measured ceilings: x <- 2^(-|x|), iters
 // times over x[0..n) (n a multiple of the lane count; each thread keeps its chunk in L1).
 extern "C" __attribute__((visibility("default"))) void QuasirlExpBench(float* x, int64_t n,
@@ -1361,6 +1426,11 @@ static ffi::Error bad_shapes() {
                     "log init [S], src, log w, r [S, J], T [B]");
 }
 
+static uint64_t token_of(const ffi::Buffer<ffi::S32>& t) {
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(t.typed_data());
+  return t.element_count() == 2 ? (uint64_t(p[1]) << 32) | uint64_t(p[0]) : 0;
+}
+
 ffi::Error PullImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                     ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
                     ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F, int64_t horizon) {
@@ -1380,14 +1450,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullF32, PullImpl,
 
 ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                       ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,
-                      ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F,
+                      ffi::Buffer<ffi::F32> T, ffi::Buffer<ffi::S32> token,
+                      ffi::ResultBuffer<ffi::F32> F,
                       ffi::ResultBuffer<ffi::F32> N, ffi::ResultBuffer<ffi::F32> rho,
                       ffi::ResultBuffer<ffi::F32> dT, int64_t horizon, int64_t budget) {
   if (!pull_shapes_ok(li, src, logw, rew, T)) return bad_shapes();
   const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
   try {
     forward_backward(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
-                     T.typed_data(), S, J, B, horizon, budget, F->typed_data(),
+                     T.typed_data(), S, J, B, horizon, budget, token_of(token), F->typed_data(),
                      N->typed_data(), rho->typed_data(), dT->typed_data());
   } catch (const std::bad_alloc&) {
     return out_of_memory();
@@ -1397,17 +1468,13 @@ ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullFBF32, PullFBImpl,
                               PullArgs()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("horizon")
                                   .Attr<int64_t>("budget"));
-
-static uint64_t token_of(const ffi::Buffer<ffi::S32>& t) {
-  const uint32_t* p = reinterpret_cast<const uint32_t*>(t.typed_data());
-  return t.element_count() == 2 ? (uint64_t(p[1]) << 32) | uint64_t(p[0]) : 0;
-}
 
 ffi::Error PullKeepImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                         ffi::Buffer<ffi::F32> logw, ffi::Buffer<ffi::F32> rew,

@@ -349,3 +349,52 @@ def test_native_reverse_mode_in_every_input_and_batched():
     np.testing.assert_array_equal(np.asarray(vjp(ct)[0]), np.asarray(vjp(ct)[0]))
     np.testing.assert_allclose(np.asarray(vjp(ct)[0]), np.asarray(jnp.tensordot(ct, jx, 1)),
                                rtol=1e-5, atol=1e-6)
+
+
+_MEMORY_PROBE = """
+import json, sys, jax, jax.numpy as jnp, numpy as np
+import quasirl as qr
+from quasirl import _native, _dynamics as D
+mdp = qr.random_mdp(jax.random.key(15), 300, 3, 2, dtype=np.float32)
+T = jnp.asarray(np.geomspace(0.01, 10, 20), jnp.float32)
+tot = lambda r: jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 30))
+g = np.asarray(jax.block_until_ready(jax.grad(tot)(mdp.reward)))
+print(json.dumps({"grad": g.ravel().tolist(), "memory": _native.memory()}))
+"""
+
+
+def test_native_memory_kept_between_calls_stays_within_the_limit():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    mdp = qr.random_mdp(jax.random.key(15), 300, 3, 2, dtype=np.float32)
+    T = jnp.asarray(np.geomspace(0.01, 10, 20), jnp.float32)
+    _native.release()  # second-order derivatives (the XLA path's) leave their passes kept
+
+    def tot(r):
+        return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 30))
+
+    g = np.asarray(jax.block_until_ready(jax.grad(tot)(mdp.reward)))
+    m = _native.memory()
+    assert m["kept"] == 0 and 0 < m["free"] <= m["limit"]  # the adjoint took its pass
+    jax.block_until_ready(jax.jvp(tot, (mdp.reward,), (mdp.reward,)))
+    assert _native.memory()["kept"] == 0  # so did forward mode's tangent
+    args = _kernel_args(mdp, T)
+    W = jnp.ones((1, 20), jnp.float32)
+    fresh = _native.pull_adjoint(*args, W, 30)
+    _, token = jax.block_until_ready(_native.pull_keep(*args, 30))
+    assert _native.memory()["kept"] > 0
+    _native.release()
+    assert _native.memory() == {"free": 0, "kept": 0, "limit": m["limit"]}
+    for a, b in zip(_native.pull_adjoint(*args, W, 30, token), fresh, strict=True):  # recomputed
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a limit smaller than one buffer: nothing is kept, and the gradient is the same
+    env = {**os.environ, "QUASIRL_NATIVE_POOL": "1000000"}
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["memory"] == {"free": 0, "kept": 0, "limit": 1000000}
+    np.testing.assert_array_equal(np.asarray(r["grad"], np.float32).reshape(g.shape), g)
