@@ -352,6 +352,20 @@ QI bool all_below(vf s, float lim) {
 #endif
 }
 
+// this OpenMP thread's number, the team's size and the thread's share [s0, s1) of n states
+struct Share {
+  int tid, nth;
+  int64_t s0, s1;
+};
+QI Share share_of(int64_t n) {
+  int tid = 0, nth = 1;
+#ifdef _OPENMP
+  tid = omp_get_thread_num();
+  nth = omp_get_num_threads();
+#endif
+  return {tid, nth, n * tid / nth, n * (tid + 1) / nth};
+}
+
 struct Lanes {
   vf T, invT;  // invT: log2(e) / T (0 where T = 0), so exp((x - m) / T) = 2^((x - m) invT)
   vi maxplus;  // -1 where T == 0 (exact max-plus lanes), else 0
@@ -587,13 +601,10 @@ struct Problem {
     const int64_t JM = J > 0 ? J : 1;
 #pragma omp parallel num_threads(nthreads)
     {
-      int tid = 0, nth = 1;
-#ifdef _OPENMP
-      tid = omp_get_thread_num();
-      nth = omp_get_num_threads();
-#endif
+      const Share me = share_of(S);
+      const int tid = me.tid, nth = me.nth;
+      const int64_t s0 = me.s0, s1 = me.s1;
       std::vector<vf> x(JM), x1(JM), mymax(nv, splat(NEG_INF));
-      const int64_t s0 = S * tid / nth, s1 = S * (tid + 1) / nth;
       const Step st{cnt.data(), isrc.data(), ilw.data(), ilw2.data(), irw.data(), lanes.data(),
                     shift, cur, nxt, J, Bp, nv};
       if (stream) {
@@ -723,6 +734,62 @@ struct Out {
   }
 };
 
+// The weights of the c entries entering state s, for one vector of lanes: the terms formed
+// exactly as the forward formed them (col = u_t's column of these lanes, sh their shift),
+// normalised over the entries (at low T an unnormalised exp(x_j - u_{t+1}) would carry the
+// rounding of u_{t+1}, ulp(|u| / T), into the mass), times g: q_j into q[j * qs] and
+// log2 of the normalised weight into y[j]. T = 0 lanes share equally among exact ties (the
+// subgradient JAX takes for max); lanes where no entry is reachable get q = 0. x and ex are
+// scratch of c vectors.
+QI void entry_weights(const Problem& P, const Lanes& L, int64_t s, int32_t c, const float* col,
+                      vf sh, vf g, vf* x, vf* ex, vf* y, vf* q, int64_t qs) {
+  const int32_t* sj = P.isrc.data() + s * P.J;
+  if (L.scaled) {
+    for (int32_t j = 0; j < c; ++j) {
+      const int64_t p = s * P.J + j;
+      x[j] = splat(P.irw[p]) * L.invT + (vload(col + int64_t(sj[j]) * P.Bp) + splat(P.ilw2[p]));
+    }
+  } else {
+    for (int32_t j = 0; j < c; ++j) {
+      const int64_t p = s * P.J + j;
+      const vf cj = L.T * splat(P.ilw[p]) + splat(P.irw[p]);
+      x[j] = vload(col + int64_t(sj[j]) * P.Bp) - sh + cj;
+    }
+  }
+  vf m = x[0];
+  for (int32_t j = 1; j < c; ++j) m = vmax(m, x[j]);
+  const auto live = L.scaled ? (m > splat(SENT_BELOW)) : (m > splat(NEG_INF));
+  const vf m0 = live ? m : splat(0.0f);
+  const vf mul = L.scaled ? splat(1.0f) : L.invT;
+  vf sum = splat(0.0f);
+  for (int32_t j = 0; j < c; ++j) {  // y: log2 of the weight times the sum, for now
+    y[j] = L.scaled ? x[j] - m0 : vmax((x[j] - m0) * mul, splat(-150.0f));
+    ex[j] = vexp2(y[j]);
+    sum += ex[j];
+  }
+  sum = vmax(sum, splat(1.0f));
+  const vf ginv = g / sum;
+  const vf lg = add_log2(splat(0.0f), sum);  // log2 of the sum, in [0, log2 J]
+  vf gtie = splat(0.0f), lt = splat(0.0f);   // T = 0 lanes: g / ties, log2 ties
+  if (!L.scaled) {
+    vf ties = splat(0.0f);
+    for (int32_t j = 0; j < c; ++j) ties += (x[j] == m) ? splat(1.0f) : splat(0.0f);
+    ties = vmax(ties, splat(1.0f));
+    gtie = g / ties;
+    for (int i = 0; i < LANES; ++i) lt[i] = std::log2(ties[i]);
+  }
+  for (int32_t j = 0; j < c; ++j) {
+    vf qj = ex[j] * ginv;
+    vf yj = y[j] - lg;
+    if (!L.scaled) {
+      qj = L.maxplus ? ((x[j] == m) ? gtie : splat(0.0f)) : qj;
+      yj = L.maxplus ? -lt : yj;
+    }
+    q[j * qs] = live ? qj : splat(0.0f);
+    y[j] = yj;
+  }
+}
+
 // pass 1 of a backward step: for every s', the normalised weights of its entries; adds
 // q = g_{t+1}(s') p to N and writes it to Qb (both [entries, Bp]); adds the entropy and
 // sum_j q_j log2 w_j (log2 units) to ent [nthreads, Bp]
@@ -731,13 +798,10 @@ void back_pull(const Problem& P, const Out& O, const float* cur, const float* sh
   const int64_t Bp = P.Bp, J = P.J, JM = J > 0 ? J : 1;
 #pragma omp parallel num_threads(P.nthreads)
   {
-    int tid = 0, nth = 1;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-    nth = omp_get_num_threads();
-#endif
-    const int64_t s0 = P.S * tid / nth, s1 = P.S * (tid + 1) / nth;
-    std::vector<vf> x(JM), y2(JM), ex(JM), myent(P.nv, splat(0.0f));
+    const Share me = share_of(P.S);
+    const int tid = me.tid, nth = me.nth;
+    const int64_t s0 = me.s0, s1 = me.s1;
+    std::vector<vf> x(JM), y2(JM), ex(JM), qb(JM), myent(P.nv, splat(0.0f));
     constexpr int64_t PD = 16;
     for (int64_t s = s0; s < s1; ++s) {
       if (s + PD < s1) {
@@ -748,60 +812,19 @@ void back_pull(const Problem& P, const Out& O, const float* cur, const float* sh
       }
       const int32_t c = P.cnt[s];
       if (c == 0) continue;
-      const int32_t* sj = P.isrc.data() + s * J;
       for (int64_t v = 0; v < P.nv; ++v) {
         const Lanes& L = P.lanes[v];
         const int64_t off = v * LANES;
         const vf g = vload(gnext + s * Bp + off);
-        const vf sh = vload(shift + off);
-        // the terms, as the forward formed them
-        if (L.scaled) {
-          for (int32_t j = 0; j < c; ++j) {
-            const int64_t p = s * J + j;
-            x[j] = splat(P.irw[p]) * L.invT + (vload(cur + int64_t(sj[j]) * Bp + off) + splat(P.ilw2[p]));
-          }
-        } else {
-          for (int32_t j = 0; j < c; ++j) {
-            const int64_t p = s * J + j;
-            const vf cj = L.T * splat(P.ilw[p]) + splat(P.irw[p]);
-            x[j] = vload(cur + int64_t(sj[j]) * Bp + off) - sh + cj;
-          }
-        }
-        vf m = x[0];
-        for (int32_t j = 1; j < c; ++j) m = vmax(m, x[j]);
-        const auto live = L.scaled ? (m > splat(SENT_BELOW)) : (m > splat(NEG_INF));
-        const vf m0 = live ? m : splat(0.0f);
-        const vf mul = L.scaled ? splat(1.0f) : L.invT;
-        vf sum = splat(0.0f);
-        for (int32_t j = 0; j < c; ++j) {  // y2: log2 of p_j times the sum
-          y2[j] = L.scaled ? x[j] - m0 : vmax((x[j] - m0) * mul, splat(-150.0f));
-          ex[j] = vexp2(y2[j]);
-          sum += ex[j];
-        }
-        sum = vmax(sum, splat(1.0f));
-        const vf inv = splat(1.0f) / sum;
-        const vf lg = add_log2(splat(0.0f), sum);  // log2 of the sum, in [0, log2 J]
-        vf tinv = splat(0.0f), lt = splat(0.0f);   // T = 0 lanes: 1 / ties, log2 ties
-        if (!L.scaled) {
-          vf ties = splat(0.0f);
-          for (int32_t j = 0; j < c; ++j) ties += (x[j] == m) ? splat(1.0f) : splat(0.0f);
-          ties = vmax(ties, splat(1.0f));
-          tinv = splat(1.0f) / ties;
-          for (int i = 0; i < LANES; ++i) lt[i] = std::log2(ties[i]);
-        }
+        entry_weights(P, L, s, c, cur + off, vload(shift + off), g, x.data(), ex.data(),
+                      y2.data(), qb.data(), 1);
         vf e = myent[v];
         for (int32_t j = 0; j < c; ++j) {
-          vf p = ex[j] * inv;
-          vf y = y2[j] - lg;  // log2 p
-          if (!L.scaled) {
-            p = L.maxplus ? ((x[j] == m) ? tinv : splat(0.0f)) : p;
-            y = L.maxplus ? -lt : y;
-          }
-          const vf q = live ? g * p : splat(0.0f);
+          const vf q = qb[j];
           const int64_t at = (O.first[s] + j) * Bp + off;
           vstore(N + at, vload(N + at) + q);
           vstream<true>(Qb + at, q);  // read once, by pass 2
-          e += q * (splat(P.ilw2[s * J + j]) - y);  // entropy and sum N log w, log2 units
+          e += q * (splat(P.ilw2[s * J + j]) - y2[j]);  // entropy and sum N log w, log2 units
         }
         myent[v] = e;
       }
@@ -1156,12 +1179,9 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
   const int64_t Bp = P.Bp, J = P.J, JM = J > 0 ? J : 1, nv = P.nv, K = A.K;
 #pragma omp parallel num_threads(P.nthreads)
   {
-    int tid = 0, nth = 1;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-    nth = omp_get_num_threads();
-#endif
-    const int64_t s0 = P.S * tid / nth, s1 = P.S * (tid + 1) / nth;
+    const Share me = share_of(P.S);
+    const int tid = me.tid, nth = me.nth;
+    const int64_t s0 = me.s0, s1 = me.s1;
     std::vector<Queue>& mine = queues[tid];
     for (auto& qu : mine) {
       qu.src.clear();
@@ -1195,63 +1215,20 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
       zero_to(std::min<int64_t>(A.maxsrc[s] + 1, s1));
       if (!occupied(s)) continue;  // every q is 0: nothing to add or contract
       const int32_t* sj = P.isrc.data() + s * J;
-      bool any = false;
       for (int64_t v = 0; v < nv; ++v) {
         const Lanes& L = P.lanes[v];
         const int64_t off = v * LANES;
         const vf g = vload(gnext + s * Bp + off);
         vf* q = qv.data() + v;  // q[j * nv]
-        if (all_zero(g)) {  // no occupancy: every q is 0
+        if (all_zero(g)) {  // no occupancy in these lanes: every q is 0
           for (int32_t j = 0; j < c; ++j) q[j * nv] = splat(0.0f);
           continue;
         }
-        any = true;
-        const vf sh = vload(shift + off);
-        if (L.scaled) {
-          for (int32_t j = 0; j < c; ++j) {
-            const int64_t p = s * J + j;
-            x[j] = splat(P.irw[p]) * L.invT + (vload(cur + int64_t(sj[j]) * Bp + off) + splat(P.ilw2[p]));
-          }
-        } else {
-          for (int32_t j = 0; j < c; ++j) {
-            const int64_t p = s * J + j;
-            const vf cj = L.T * splat(P.ilw[p]) + splat(P.irw[p]);
-            x[j] = vload(cur + int64_t(sj[j]) * Bp + off) - sh + cj;
-          }
-        }
-        vf m = x[0];
-        for (int32_t j = 1; j < c; ++j) m = vmax(m, x[j]);
-        const auto live = L.scaled ? (m > splat(SENT_BELOW)) : (m > splat(NEG_INF));
-        const vf m0 = live ? m : splat(0.0f);
-        const vf mul = L.scaled ? splat(1.0f) : L.invT;
-        vf sum = splat(0.0f);
-        for (int32_t j = 0; j < c; ++j) {
-          y2[j] = L.scaled ? x[j] - m0 : vmax((x[j] - m0) * mul, splat(-150.0f));
-          ex[j] = vexp2(y2[j]);
-          sum += ex[j];
-        }
-        sum = vmax(sum, splat(1.0f));
-        const vf ginv = g / sum;
-        const vf lg = add_log2(splat(0.0f), sum);
-        vf tinv = splat(0.0f), lt = splat(0.0f);
-        if (!L.scaled) {
-          vf ties = splat(0.0f);
-          for (int32_t j = 0; j < c; ++j) ties += (x[j] == m) ? splat(1.0f) : splat(0.0f);
-          ties = vmax(ties, splat(1.0f));
-          tinv = g / ties;
-          for (int i = 0; i < LANES; ++i) lt[i] = std::log2(ties[i]);
-        }
+        entry_weights(P, L, s, c, cur + off, vload(shift + off), g, x.data(), ex.data(),
+                      y2.data(), q, nv);
         vf d = myd[v];
-        for (int32_t j = 0; j < c; ++j) {
-          vf qj = ex[j] * ginv;
-          vf y = y2[j] - lg;  // log2 p
-          if (!L.scaled) {
-            qj = L.maxplus ? ((x[j] == m) ? tinv : splat(0.0f)) : qj;
-            y = L.maxplus ? -lt : y;
-          }
-          qj = live ? qj : splat(0.0f);
-          q[j * nv] = qj;
-          d += qj * (splat(P.ilw2[s * J + j]) - y);  // entropy and sum N log w, log2 units
+        for (int32_t j = 0; j < c; ++j) {  // entropy and sum N log w, log2 units
+          d += q[j * nv] * (splat(P.ilw2[s * J + j]) - y2[j]);
         }
         myd[v] = d;
       }
@@ -1259,10 +1236,9 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
         const int64_t src = sj[j];
         const vf* q = qv.data() + j * nv;
         if (src >= s0 && src < s1) {
-          if (!any) continue;
           float* row = gcur + src * Bp;
           for (int64_t v = 0; v < nv; ++v) vstore(row + v * LANES, vload(row + v * LANES) + q[v]);
-        } else if (any) {
+        } else {
           int owner = int((src * nth) / P.S);  // the thread whose range [S k / n, ...) holds src
           while (owner > 0 && src < P.S * owner / nth) --owner;
           while (owner + 1 < nth && src >= P.S * (owner + 1) / nth) ++owner;
@@ -1272,7 +1248,6 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
             for (int i = 0; i < LANES; ++i) qu.q.push_back(q[v][i]);
           }
         }
-        if (!any) continue;
         float* gk = A.G + (A.first[s] + j) * K;
         for (int64_t k = 0; k < K; ++k) {
           const float* w = A.W + k * Bp;
@@ -1418,7 +1393,18 @@ static bool pull_shapes_ok(const ffi::Buffer<ffi::F32>& li, const ffi::Buffer<ff
 static ffi::Error out_of_memory() {  // no C++ exception may reach XLA
   return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                     "quasirl native kernel: out of memory (QUASIRL_FB_MEMORY bounds the stored "
-                    "u_t of the forward-backward kernel)");
+                    "u_t of the adjoint kernels, QUASIRL_NATIVE_POOL what they keep)");
+}
+
+// run a kernel; an allocation failure becomes an XLA error
+template <class Fn>
+static ffi::Error guarded(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
+  return ffi::Error::Success();
 }
 
 static ffi::Error bad_shapes() {
@@ -1436,13 +1422,10 @@ ffi::Error PullImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                     ffi::Buffer<ffi::F32> T, ffi::ResultBuffer<ffi::F32> F, int64_t horizon) {
   if (!pull_shapes_ok(li, src, logw, rew, T)) return bad_shapes();
   const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
-  try {
+  return guarded([&] {
     forward(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
             T.typed_data(), S, J, B, horizon, F->typed_data());
-  } catch (const std::bad_alloc&) {
-    return out_of_memory();
-  }
-  return ffi::Error::Success();
+  });
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullF32, PullImpl,
@@ -1456,14 +1439,11 @@ ffi::Error PullFBImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                       ffi::ResultBuffer<ffi::F32> dT, int64_t horizon, int64_t budget) {
   if (!pull_shapes_ok(li, src, logw, rew, T)) return bad_shapes();
   const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
-  try {
+  return guarded([&] {
     forward_backward(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
                      T.typed_data(), S, J, B, horizon, budget, token_of(token), F->typed_data(),
                      N->typed_data(), rho->typed_data(), dT->typed_data());
-  } catch (const std::bad_alloc&) {
-    return out_of_memory();
-  }
-  return ffi::Error::Success();
+  });
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullFBF32, PullFBImpl,
@@ -1482,7 +1462,7 @@ ffi::Error PullKeepImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
                         ffi::ResultBuffer<ffi::S32> token, int64_t horizon, int64_t budget) {
   if (!pull_shapes_ok(li, src, logw, rew, T) || token->element_count() != 2) return bad_shapes();
   const int64_t S = src.dimensions()[0], J = src.dimensions()[1], B = T.element_count();
-  try {
+  return guarded([&] {
     auto kept = std::make_unique<Kept>(li.typed_data(), src.typed_data(), logw.typed_data(),
                                        rew.typed_data(), T.typed_data(), S, J, B, horizon,
                                        budget);
@@ -1491,10 +1471,7 @@ ffi::Error PullKeepImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
     uint32_t* out = reinterpret_cast<uint32_t*>(token->typed_data());
     out[0] = uint32_t(t);
     out[1] = uint32_t(t >> 32);
-  } catch (const std::bad_alloc&) {
-    return out_of_memory();
-  }
-  return ffi::Error::Success();
+  });
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullKeepF32, PullKeepImpl,
@@ -1516,14 +1493,11 @@ ffi::Error PullAdjointImpl(ffi::Buffer<ffi::F32> li, ffi::Buffer<ffi::S32> src,
   if (wd.size() != 2 || wd[1] != B) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "W [K, B] with B = T.shape[0]");
   }
-  try {
+  return guarded([&] {
     adjoint(li.typed_data(), src.typed_data(), logw.typed_data(), rew.typed_data(),
             T.typed_data(), W.typed_data(), S, J, B, wd[0], horizon, budget, token_of(token),
             F->typed_data(), G->typed_data(), R->typed_data(), dFdT->typed_data());
-  } catch (const std::bad_alloc&) {
-    return out_of_memory();
-  }
-  return ffi::Error::Success();
+  });
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlPullAdjointF32, PullAdjointImpl,
