@@ -705,13 +705,12 @@ void forward(const float* li, const int32_t* src, const float* logw, const float
 // from g_H = the softmax over states of u_H. It gives, per temperature,
 //   N_j = dF/dc_j = sum_t g_{t+1}(s') p_j   (the tempered occupancy of entry j),
 //   rho = g_0 = dF/du_0,
-//   Hs  = sum_t sum_s' g_{t+1}(s') H(p(s')) + H(g_H) (entropies in nats) = dF/dT at fixed
-//         u_0 and c, so that dF/dT = Hs + sum_j N_j log w_j through c = T log w + r.
-// Each step runs in two passes. By destination: the x_j recomputed as the forward formed
-// them and p_j normalised over the entries of s' (at low T an unnormalised exp(x_j - u_{t+1})
-// carries the rounding of u_{t+1}, ulp(|u| / T), into the total mass), q_j = g_{t+1}(s') p_j
-// added to N and kept. By source: g_t(s) = the sum of the q of the entries leaving s (a
-// gather, so no two threads write one place).
+//   dF/dT at fixed init, w and r = Hs + sum_j N_j log w_j + sum_s rho_s log init(s), with
+//   Hs = sum_t sum_s' g_{t+1}(s') H(p(s')) + H(g_H) (entropies in nats), the part at fixed
+//   u_0 and c (c = T log w + r and u_0 = T log init carry the rest).
+// forward_backward (forward mode) runs each step in two passes. By destination: the weights
+// (entry_weights), q_j = g_{t+1}(s') p_j added to N and kept. By source: g_t(s) = the sum of
+// the q of the entries leaving s (a gather, so no two threads write one place).
 // ------------------------------------------------------------------------------------------
 
 // The live entries numbered consecutively (entry e = first[s'] + j, j < cnt[s']), and the
