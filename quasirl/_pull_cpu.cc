@@ -602,7 +602,7 @@ struct Problem {
 #pragma omp parallel num_threads(nthreads)
     {
       const Share me = share_of(S);
-      const int tid = me.tid, nth = me.nth;
+      const int tid = me.tid;
       const int64_t s0 = me.s0, s1 = me.s1;
       std::vector<vf> x(JM), x1(JM), mymax(nv, splat(NEG_INF));
       const Step st{cnt.data(), isrc.data(), ilw.data(), ilw2.data(), irw.data(), lanes.data(),
@@ -798,7 +798,7 @@ void back_pull(const Problem& P, const Out& O, const float* cur, const float* sh
 #pragma omp parallel num_threads(P.nthreads)
   {
     const Share me = share_of(P.S);
-    const int tid = me.tid, nth = me.nth;
+    const int tid = me.tid;
     const int64_t s0 = me.s0, s1 = me.s1;
     std::vector<vf> x(JM), y2(JM), ex(JM), qb(JM), myent(P.nv, splat(0.0f));
     constexpr int64_t PD = 16;
