@@ -1136,13 +1136,29 @@ QI float hsum(vf a) {
 #endif
 }
 
-// zero a row of n floats (n a multiple of 16, 64-byte aligned): with CLZERO (AMD) each line is
-// zeroed in the cache without first being read from memory
-QI void zero_row(float* p, int64_t n) {
+// Zero the n floats at p (p and n multiples of LANES floats; rows of a buffer aligned to 64
+// bytes). With CLZERO (AMD) a line is zeroed in the cache without first being read from
+// memory, but CLZERO clears a whole 64-byte line: it is used only on the lines that lie
+// entirely inside [p, p + n). With 8-lane vectors a row is 32 bytes, so a line may hold part
+// of a neighbouring row that already holds sums (or another thread's row): those edges are
+// zeroed with ordinary stores. CLZERO is weakly ordered: clzero_fence() before other threads
+// read what was zeroed.
+QI void zero_floats(float* p, int64_t n) {
+  float* const e = p + n;
 #if defined(__CLZERO__)
-  for (int64_t o = 0; o < n; o += 16) __builtin_ia32_clzero(p + o);
-#else
-  for (int64_t o = 0; o < n; o += LANES) vstore(p + o, splat(0.0f));
+  float* const a = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+  float* const z = reinterpret_cast<float*>(reinterpret_cast<uintptr_t>(e) & ~uintptr_t(63));
+  if (a < z) {
+    for (; p < a; p += LANES) vstore(p, splat(0.0f));
+    for (; p < z; p += 16) __builtin_ia32_clzero(p);
+  }
+#endif
+  for (; p < e; p += LANES) vstore(p, splat(0.0f));
+}
+
+QI void clzero_fence() {
+#if defined(__CLZERO__)
+  __builtin_ia32_sfence();
 #endif
 }
 
@@ -1189,7 +1205,8 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
     std::vector<vf> x(JM), y2(JM), ex(JM), qv(JM * nv), myd(nv, splat(0.0f));
     int64_t frontier = s0;  // rows [s0, frontier) of gcur are zeroed
     auto zero_to = [&](int64_t end) {
-      for (; frontier < end; ++frontier) zero_row(gcur + frontier * Bp, Bp);
+      if (end > frontier) zero_floats(gcur + frontier * Bp, (end - frontier) * Bp);
+      frontier = std::max(frontier, end);
     };
     constexpr int64_t PD = 16;  // prefetch distance, states: g at 2 PD, then u rows at PD
     auto occupied = [&](int64_t s) {
@@ -1257,6 +1274,7 @@ void back_fused(const Fused& A, const float* cur, const float* shift, const floa
       }
     }
     zero_to(s1);
+    clzero_fence();  // the zeroed rows, before the barrier after which others add to them
     for (int64_t v = 0; v < nv; ++v) {
       for (int i = 0; i < LANES; ++i) dT[size_t(tid) * Bp + v * LANES + i] += double(myd[v][i]);
     }
