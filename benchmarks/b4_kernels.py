@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import quasirl as qr
-from quasirl._dynamics import _pull_tables
+from quasirl._pull_xla import pull_tables
 
 from . import accounting as acc
 from . import reference as ref
@@ -48,7 +48,7 @@ def expspace_free_energy(mdp, T, horizon: int):
     n' = sum_j n(src_j) W_j, normalised by its maximum each step; F = T (log-normalisers +
     log sum n_H) + H r_max.
     """
-    tab = _pull_tables(mdp)
+    tab = pull_tables(mdp)
     Tb = T[None, :]
     live = tab.logw > -jnp.inf
     rmax = jnp.max(jnp.where(live, tab.rew, -jnp.inf))

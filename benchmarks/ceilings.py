@@ -110,17 +110,12 @@ def native_exp_rate(n: int, iters: int, repeats: int = 3) -> float | None:
 
     if not _native.status()["available"]:
         return None
-    import ctypes
-
-    fn = _native._state["_lib"].QuasirlExpBench
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     x = np.linspace(-1.0, 0.0, n, dtype=np.float32)
-    ptr = x.ctypes.data
-    fn(ptr, n, 1)
+    _native.exp_bench(x, 1)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn(ptr, n, iters)
+        _native.exp_bench(x, iters)
         best = min(best, time.perf_counter() - t0)
     return n * iters / best
 

@@ -20,18 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native, _native_ad
+from . import _kernels
 from . import _validate as V
 from ._mdp import MDP
-from .semiring import (
-    safe_log,
-    smax,
-    smax_scan,
-    smax_terms,
-    smax_weighted,
-    tie_tolerance,
-    value_weight,
-)
+from ._native import pull as _native_pull
+from ._native import pull_ad as _native_ad
+from ._pull_xla import Pull, forward_values, pull_tables
+from .semiring import safe_log, smax, smax_weighted, tie_tolerance, value_weight
 
 __all__ = [
     "Evolution",
@@ -50,15 +45,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # tables shared by all temperatures (computed once per call, inside jit)
 # --------------------------------------------------------------------------------------------
-class _Pull(NamedTuple):
-    """Reverse lists: for each state s', the J transitions entering it."""
-
-    src: jax.Array  # [S, J] source state
-    logw: jax.Array  # [S, J] log(policy * prob), -inf on padding
-    rew: jax.Array  # [S, J] reward, 0 on padding
-    log_init: jax.Array  # [S]
-
-
 class _Push(NamedTuple):
     """Forward lists: outcome (a, k) of state s, flattened to [S, A*K]."""
 
@@ -66,16 +52,6 @@ class _Push(NamedTuple):
     logw: jax.Array  # [S, A*K] log(policy * prob)
     rew: jax.Array  # [S, A*K]
     log_init: jax.Array
-
-
-def _pull_tables(mdp: MDP) -> _Pull:
-    S, A, K = mdp.shape
-    n = S * A * K
-    logw = safe_log(mdp.policy[:, :, None] * mdp.prob).reshape(n)
-    logw = jnp.concatenate([logw, jnp.full((1,), -jnp.inf, logw.dtype)])
-    rew = jnp.concatenate([mdp.reward.reshape(n), jnp.zeros((1,), logw.dtype)])
-    src = jnp.where(mdp.pred < n, mdp.pred // (A * K), 0)
-    return _Pull(src, logw[mdp.pred], rew[mdp.pred], safe_log(mdp.init))
 
 
 def _push_tables(mdp: MDP) -> _Push:
@@ -86,92 +62,7 @@ def _push_tables(mdp: MDP) -> _Push:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# single-temperature kernels
-# --------------------------------------------------------------------------------------------
-# Pull tables with at most this many entries per state are reduced term by term (one fused
-# loop, no [S, J, B] intermediate); wider (dense) tables go through a stacked gather.
-_UNROLL_J = 16
-
-
-def _pull_layout(tab: _Pull) -> _Pull:
-    """Tables as the pull step wants them: unchanged for J <= _UNROLL_J, else cut into blocks
-    of _UNROLL_J columns on a leading axis ([nb, S, Jb]; padding has log w = -inf)."""
-    S, J = tab.src.shape
-    if J <= _UNROLL_J:
-        return tab
-    nb = -(-J // _UNROLL_J)
-    pad = nb * _UNROLL_J - J
-
-    def blocks(x, fill):
-        x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=fill)
-        return jnp.transpose(x.reshape(S, nb, _UNROLL_J), (1, 0, 2))
-
-    return _Pull(blocks(tab.src, 0), blocks(tab.logw, -jnp.inf), blocks(tab.rew, 0.0),
-                 tab.log_init)
-
-
-def _terms(src, logw, rew, u, Tb):
-    """The gathered terms u(src_j) + T log w_j + r_j, one [S, B] array per column j."""
-    return [u[src[:, j]] + value_weight(logw[:, j, None], rew[:, j, None], Tb)
-            for j in range(src.shape[1])]
-
-
-def _pull_step(tab: _Pull, u, Tb, maxplus: bool):
-    """One pull step for a batch of temperatures on a trailing axis.
-
-    u[S, B] (value units), Tb[1, B]. u'(s') = smax_T over the J entries j entering s' of
-    u(src_j) + T log w_j + r_j; the temperature axis is innermost, so each gather reads B
-    contiguous numbers and the tables src/logw/rew are read once per step for all B. Sparse
-    tables (J <= _UNROLL_J) reduce their J terms in one fused loop; dense ones (blocked by
-    :func:`_pull_layout`) stream over blocks of columns, so no [S, J, B] array is ever built.
-    """
-    if tab.src.ndim == 2:
-        xs = _terms(tab.src, tab.logw, tab.rew, u, Tb)
-        if maxplus:
-            out = xs[0]
-            for x in xs[1:]:
-                out = jnp.maximum(out, x)
-            return out
-        return smax_terms(xs, Tb)
-    m, out = smax_scan(lambda blk: _terms(*blk, u, Tb), (tab.src, tab.logw, tab.rew), Tb,
-                       u.shape, u.dtype)
-    return m if maxplus else out
-
-
-def _forward_values(tab: _Pull, T, horizon: int, maxplus: bool = False):
-    """F(T) = T log Z(T) for a 1-D array of temperatures, by the normalised forward recursion.
-
-    The kernel is written for one temperature with the batch on a trailing axis (u is [S, B]):
-    each temperature's arithmetic is exactly the single-temperature recursion.
-    """
-    u0 = value_weight(tab.log_init[:, None], jnp.zeros_like(tab.log_init)[:, None], T[None, :])
-    return _forward_from(tab, u0, T, horizon, maxplus)
-
-
-def _forward_from(tab: _Pull, u0, T, horizon: int, maxplus: bool = False):
-    """:func:`_forward_values` from a given u0 [S, B] (value units)."""
-    Tb = T[None, :]
-    tab = _pull_layout(tab)
-
-    # Under reverse-mode autodiff keep only the carry of each step and recompute the step's
-    # J gathered terms in the backward pass: memory per step is u itself ([S, B]) instead of
-    # every intermediate ([S, B] times ~20), which also makes the backward about twice as fast
-    # (benchmarks/NOTES.md). The forward pass and forward-mode autodiff are unaffected.
-    @partial(jax.checkpoint, prevent_cse=False)
-    def step(carry, _):
-        u, acc = carry
-        u = _pull_step(tab, u, Tb, maxplus)
-        shift = jnp.max(u, axis=0)
-        return (u - shift[None, :], acc + shift), None
-
-    shift0 = jnp.max(u0, axis=0)
-    (u, acc), _ = jax.lax.scan(step, (u0 - shift0[None, :], shift0), None, length=horizon)
-    last = jnp.max(u, axis=0) if maxplus else smax(u, Tb, axis=0)
-    return acc + last
-
-
-def _evolve_one(tab: _Pull, T, steps: int, save_every: int | None):
+def _evolve_one(tab: Pull, T, steps: int, save_every: int | None):
     """Normalised population after ``steps`` steps, its log normaliser and F; T >= 0.
 
     At T = 0 the population is the T -> 0 limit: the states reached by max-return paths, in
@@ -262,74 +153,66 @@ def _soft_policy_one(tab: _Push, T, horizon: int, A: int):
 # --------------------------------------------------------------------------------------------
 # batched, jitted entry points (vmap over temperatures)
 # --------------------------------------------------------------------------------------------
-# The native CPU kernel (quasirl/_pull_cpu.cc) runs the float32 forward recursion of sparse
-# MDPs (at most this many entries enter a state); the XLA path does everything else: float64,
-# dense tables, T = 0 alone (its max-plus kernel has no exp to save), and every derivative.
-NATIVE_MAX_J = 64
+# The native CPU kernel (quasirl/_native/) runs the float32 forward recursion of sparse MDPs
+# (at most _kernels.NATIVE_MAX_J entries enter a state) and its adjoint; the XLA path does
+# everything else: float64, dense tables, T = 0 alone (its max-plus kernel has no exp to
+# save), and second derivatives.
+def _native_obstacles(mdp: MDP) -> tuple[str | None, ...]:
+    dtype = np.dtype(mdp.prob.dtype)
+    J = mdp.pred.shape[1]
+    return (None if dtype == np.float32 else
+            f"the native kernel runs float32 MDPs, this one is {dtype} (build it from "
+            "float32 arrays or with dtype=np.float32, or use kernel='xla')",
+            None if J <= _kernels.NATIVE_MAX_J else
+            f"up to {_kernels.NATIVE_MAX_J} transitions may enter a state for the native "
+            f"kernel, this MDP has {J} (dense: kernel='xla')")
 
 
-def _use_native(mdp: MDP, maxplus: bool) -> bool:
-    return (not maxplus and np.dtype(mdp.prob.dtype) == np.float32
-            and mdp.pred.shape[1] <= NATIVE_MAX_J and _native.available())
+def _use_native(mdp: MDP, kernel: str, maxplus: bool, what: str) -> bool:
+    """Resolve ``kernel`` for the free-energy recursion of ``mdp`` (before any trace)."""
+    return _kernels.resolve(kernel, what, _native_obstacles(mdp), prefer_xla=maxplus)
 
 
 def _native_inputs(mdp: MDP):
     """The native kernels' differentiable inputs: log init [S], log w and r [S, J] (the
-    source indices, an integer table, come from ``_pull_tables(mdp).src``; u_0 = T log init
+    source indices, an integer table, come from ``pull_tables(mdp).src``; u_0 = T log init
     is formed in the kernel)."""
-    tab = _pull_tables(mdp)
+    tab = pull_tables(mdp)
     return tab.log_init, tab.logw, tab.rew
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _forward_native(mdp: MDP, T, horizon: int):
     li, logw, rew = _native_inputs(mdp)
-    return _native.pull_forward(li, _pull_tables(mdp).src, logw, rew, T, horizon)
+    return _native_pull.pull_forward(li, pull_tables(mdp).src, logw, rew, T, horizon)
 
 
 @_forward_native.defjvp
 def _forward_native_jvp(horizon, primals, tangents):
     # The tangent is linear in the tangents of the kernel's inputs (log init, log w, r, T):
-    # one primitive (quasirl._native_ad) whose transpose, in reverse mode, runs the adjoint
+    # one primitive (quasirl._native.pull_ad) whose transpose, in reverse mode, runs the adjoint
     # kernel contracted with the cotangent of F.
     mdp, T = primals
     (li, logw, rew), (dli, dlogw, drew) = jax.jvp(_native_inputs, (mdp,), (tangents[0],))
-    src = _pull_tables(mdp).src
+    src = pull_tables(mdp).src
     F, token = _native_ad.keep(li, src, logw, rew, T, horizon)  # the forward, kept
     dF = _native_ad.tangent(li, src, logw, rew, T, token, drew, dlogw, tangents[1], dli,
                             horizon)
     return F, dF
 
 
-def _sensitivities_reference(li, src, logw, rew, T, horizon: int):
-    """(F, N, rho, dT) of :func:`_native.pull_forward_backward` by XLA autodiff."""
-    tab = _Pull(src, logw, rew, li)
-
-    def lane(u, r, lw, t):  # F of one temperature from u_0 = u, at fixed u
-        return _forward_from(tab._replace(logw=lw, rew=r), u[:, None], t[None], horizon)[0]
-
-    def one(t):
-        u = value_weight(li, jnp.zeros_like(li), t)
-        F, (rho, N, dT) = jax.value_and_grad(lane, argnums=(0, 1, 3))(u, rew, logw, t)
-        return F, N, rho, dT + jnp.sum(rho * jnp.where(li > -jnp.inf, li, 0.0))
-
-    F, N, rho, dT = jax.vmap(one)(T)
-    return F, jnp.moveaxis(N, 0, 2), rho.T, dT
-
-
 @partial(jax.jit, static_argnames=("horizon", "maxplus", "native"))
-def _free_energy_batch(mdp: MDP, T, horizon: int, maxplus: bool = False,
-                       native: bool | None = None):
-    if native is None:
-        native = _use_native(mdp, maxplus)
+def _free_energy_batch(mdp: MDP, T, horizon: int, maxplus: bool = False, native: bool = False):
+    """F for a 1-D array of temperatures: the native kernel (``native``, resolved by the
+    caller) or the XLA recursion (max-plus when every T is 0: ``maxplus``)."""
     if native:
         return _forward_native(mdp, T, horizon)
-    return _forward_values(_pull_tables(mdp), T, horizon, maxplus)
+    return forward_values(pull_tables(mdp), T, horizon, maxplus)
 
 
 @partial(jax.jit, static_argnames=("steps", "save_every"))
 def _evolve_batch(mdp: MDP, T, steps: int, save_every: int | None):
-    tab = _pull_tables(mdp)
+    tab = pull_tables(mdp)
     return jax.vmap(lambda t: _evolve_one(tab, t, steps, save_every))(T)
 
 
@@ -383,29 +266,39 @@ def _all_zero(t) -> bool:
     return V.is_concrete(t) and bool(np.all(np.asarray(t) == 0))
 
 
-def free_energy(mdp: MDP, T, horizon: int):
+def free_energy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     """F(T) = T log Z(T), Z(T) = sum over paths of w_p exp(R_p / T); exact max-plus at T = 0.
 
     T is a scalar or a 1-D array (results on a leading axis); entries may be 0. At T = 0 the
     result is the maximum return over paths of positive weight. Differentiable in the rewards,
     init and policy at every T >= 0 (the gradient with respect to R is the expected transition
     occupancy under the tempered path distribution).
+
+    kernel: "auto" (default) runs the native CPU kernel (float32, all temperatures in one call,
+    its own adjoint for derivatives; :func:`quasirl.kernel_status`) for float32 MDPs with at
+    most 64 transitions into a state, on a CPU backend, unless every T is 0 (then XLA's
+    max-plus recursion); else the XLA recursion. "native" forces the native kernel (a
+    QuasirlValueError says why where it cannot run), "xla" the XLA recursion (float32 or
+    float64). Both agree to float32 rounding, under jit, vmap and every order of derivative.
     """
     horizon = _check(mdp, horizon)
     t, batched = _temperatures(mdp, T)
-    out = _free_energy_batch(mdp, t, horizon, maxplus=_all_zero(t))
+    maxplus = _all_zero(t)
+    native = _use_native(mdp, kernel, maxplus, "free_energy")
+    out = _free_energy_batch(mdp, t, horizon, maxplus=maxplus and not native, native=native)
     return out if batched else out[0]
 
 
-def log_partition(mdp: MDP, T, horizon: int):
-    """log Z(T) for T > 0 (scalar or 1-D array)."""
+def log_partition(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
+    """log Z(T) for T > 0 (scalar or 1-D array); ``kernel`` as for :func:`free_energy`."""
     horizon = _check(mdp, horizon)
     t, batched = _temperatures(mdp, T)
     if V.is_concrete(t) and bool(np.any(np.asarray(t) == 0)):
         raise V.QuasirlValueError(
             "log_partition needs T > 0 (log Z diverges as T -> 0); use free_energy at T = 0"
         )
-    out = _free_energy_batch(mdp, t, horizon) / t
+    native = _use_native(mdp, kernel, False, "log_partition")
+    out = _free_energy_batch(mdp, t, horizon, native=native) / t
     return out if batched else out[0]
 
 
@@ -430,13 +323,16 @@ class Evolution(NamedTuple):
     trajectory: jax.Array | None
 
 
-def evolve(mdp: MDP, T, steps: int, save_every: int | None = None) -> Evolution:
+def evolve(mdp: MDP, T, steps: int, save_every: int | None = None, *,
+           kernel: str = "auto") -> Evolution:
     """Iterate the quasispecies equation for ``steps`` steps from n_0 = init.
 
     ``save_every=k`` keeps the populations every k steps (memory grows as steps/k * S); the
-    default keeps only the final one.
+    default keeps only the final one. ``kernel``: "auto" or "xla" (the XLA recursion); there
+    is no native kernel for populations, so "native" raises a QuasirlValueError.
     """
     steps = _check(mdp, steps, "steps")
+    _kernels.xla_only(kernel, "evolve")
     if save_every is not None:
         save_every = V.check_horizon(save_every, "save_every")
         if save_every == 0:
@@ -458,16 +354,18 @@ def desirability(mdp: MDP, T, horizon: int):
     return out if batched else out[0]
 
 
-def soft_policy(mdp: MDP, T, horizon: int):
+def soft_policy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     """pi_t(a|s), [H, S, A]: the fraction of the surviving lineage at (t, s) that takes a.
 
     Forward population times backward desirability, normalised over actions; at T = 0 the
     greedy finite-horizon max-plus policy with ties split evenly. (As T -> 0+ the soft policy
     tends to the greedy one wherever the best action is unique; at exact ties its limit splits
     in proportion to the weight of each action's optimal continuations, while T = 0 splits
-    evenly, as a Bellman controller would.)
+    evenly, as a Bellman controller would.) ``kernel``: "auto" or "xla"; there is no native
+    kernel for the backward recursion, so "native" raises a QuasirlValueError.
     """
     horizon = _check(mdp, horizon)
+    _kernels.xla_only(kernel, "soft_policy")
     t, batched = _temperatures(mdp, T)
     out = _soft_policy_batch(mdp, t, horizon)
     return out if batched else out[0]
@@ -496,15 +394,17 @@ def optimism_gap(mdp: MDP, horizon: int):
     return optimal_value(mdp, horizon) - bellman_value(mdp, horizon)
 
 
-def occupancy(mdp: MDP, T, horizon: int):
+def occupancy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     """Expected number of uses of each transition outcome, [S, A, K], under the tempered path
-    distribution: dF/dR (scalar T only)."""
+    distribution: dF/dR (scalar T only). ``kernel`` as for :func:`free_energy` (the native
+    path is its adjoint kernel)."""
     horizon = _check(mdp, horizon)
     t, batched = _temperatures(mdp, T)
     if batched:
         raise V.QuasirlValueError("occupancy takes a scalar T")
+    native = _use_native(mdp, kernel, False, "occupancy")
 
-    def F(r):
-        return _free_energy_batch(mdp.replace(reward=r), t, horizon)[0]
+    def F(r):  # the soft recursion at every T (its T = 0 lanes are the max)
+        return _free_energy_batch(mdp.replace(reward=r), t, horizon, native=native)[0]
 
     return jax.grad(F)(mdp.reward)

@@ -38,6 +38,7 @@ from ._paths_graph import (
     Paths,
     by_dst,
     check_limit,
+    check_mdp,
     enumerate_numpy,
     problem,
     pull_table,
@@ -512,8 +513,6 @@ def path_flow(mdp: MDP, T, horizon: int):
     t, and over t it is :func:`quasirl.occupancy`. At T = 0 it is the T -> 0+ limit (the optimal
     paths in proportion to their weights). Memory O(H * S * A * K): for small and mid-sized MDPs.
     """
-    from ._paths_graph import check_mdp
-
     check_mdp(mdp)
     horizon = V.check_horizon(horizon)
     S, A, K = mdp.shape

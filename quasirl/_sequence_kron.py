@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _native
+from . import _kernels
+from ._kron_xla import reference
+from ._native import kron as _native_kron
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
 
 __all__ = [
@@ -41,14 +43,12 @@ __all__ = [
     "default_groups",
     "evolve",
     "hamming_distance",
-    "kernel_status",
     "mutate",
     "mutation_spectrum",
     "stationary",
 ]
 
 MAX_L = 34
-_HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 shortcuts on GPUs: the blocks are tiny anyway
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,64 +192,12 @@ def check_groups(groups, L: int) -> tuple[int, ...]:
     return g
 
 
-def site_matrices(u, v):
-    """[L, 2, 2] per-site column-stochastic matrices M[new, old]."""
-    return jnp.stack([jnp.stack([1 - u, v], -1), jnp.stack([u, 1 - v], -1)], -2)
-
-
-def blocks(u, v, groups: tuple[int, ...]):
-    """The Kronecker blocks of consecutive sites, in site order (a list of [2^g, 2^g])."""
-    M = site_matrices(u, v)
-    out, start = [], 0
-    for g in groups:
-        B = M[start]
-        for j in range(start + 1, start + g):
-            B = jnp.kron(B, M[j])
-        out.append(B)
-        start += g
-    return out
-
-
-def apply_blocks(y, bl, scale=None):
-    """Q y for the blocks ``bl`` (site order); ``scale`` (a scalar) is folded into the last
-    block applied, so that a normalisation costs nothing."""
-    n = len(bl)
-    for i in range(n - 1, -1, -1):
-        B = bl[i]
-        if i == 0 and scale is not None:
-            B = B * scale
-        X = y.reshape(-1, B.shape[0])
-        y = jax.lax.dot_general(B, X, (((1,), (1,)), ((), ())), precision=_HIGHEST).reshape(-1)
-    return y
-
-
-def resolve_kernel(kernel, groups) -> bool:
+def resolve_kernel(kernel, groups, what: str = "sequence") -> bool:
     """True to use the native CPU kernel: kernel "auto" (native where it is built and the
     default backend is a CPU, unless ``groups`` asks for a grouping), "native" or "xla"."""
-    if kernel not in ("auto", "native", "xla"):
-        raise QuasirlValueError(f"kernel must be 'auto', 'native' or 'xla', got {kernel!r}")
-    if kernel == "xla":
-        return False
-    if kernel == "native":
-        if groups is not None:
-            raise QuasirlValueError("groups sets the XLA path's blocks: use it with kernel='xla' "
-                                    "or 'auto', not kernel='native'")
-        st = _native.status()
-        if not st["available"]:
-            raise QuasirlValueError(f"kernel='native' is not available here: {st['reason']}")
-        if jax.default_backend() != "cpu":
-            raise QuasirlValueError(
-                f"kernel='native' runs on CPUs; the default backend is {jax.default_backend()}")
-        return True
-    return groups is None and _native.available()
-
-
-def kernel_status() -> dict:
-    """The native CPU kernel for Q: whether it is built and in use by ``kernel="auto"``
-    ({'available', 'reason', 'path', 'openmp', 'backend'}); building it on first call."""
-    st = dict(_native.status())
-    st["backend"] = jax.default_backend()
-    return st
+    why = ("groups sets the XLA path's blocks: use it with kernel='xla' or 'auto', not "
+           "kernel='native'") if groups is not None else None
+    return _kernels.resolve(kernel, what, (why,))
 
 
 def apply_q(x, w, u, v, scale, *, weighted: bool, normalize: bool, groups, native: bool):
@@ -257,8 +205,8 @@ def apply_q(x, w, u, v, scale, *, weighted: bool, normalize: bool, groups, nativ
     (w is ignored unless ``weighted``): the native kernel or the XLA blocks."""
     scale = jnp.asarray(scale, x.dtype)
     if native:
-        return _native.native(x, w, u, v, scale, weighted, normalize, groups)
-    return _native.reference(x, w, u, v, scale, weighted, normalize, groups)
+        return _native_kron.native(x, w, u, v, scale, weighted, normalize, groups)
+    return reference(x, w, u, v, scale, weighted, normalize, groups)
 
 
 def _ck_rates(u, v, dt):
@@ -330,7 +278,7 @@ def mutate(x, mu, nu=None, *, groups=None, kernel: str = "auto"):
     blocks, never as a dense 2^L x 2^L matrix. Columns of Q sum to 1, so sum(Q x) = sum(x).
 
     kernel: "auto" (default) uses the native CPU kernel (cache-blocked per-site butterflies,
-    :func:`kernel_status`) when the default backend is a CPU and it could be built, else the
+    :func:`quasirl.kernel_status`) when the default backend is a CPU and it could be built, else the
     XLA path: grouped Kronecker blocks, ``groups`` (block sizes in site order, summing to L)
     overriding :func:`default_groups` (giving ``groups`` selects the XLA path). "native" and
     "xla" force one; both give the same result to rounding, under jit, vmap and grad.
@@ -340,7 +288,7 @@ def mutate(x, mu, nu=None, *, groups=None, kernel: str = "auto"):
     dtype = _float_dtype(x, mu, nu)
     u, v = site_rates(mu, nu, L, dtype)
     g = check_groups(groups, L)
-    native = resolve_kernel(kernel, g)
+    native = resolve_kernel(kernel, g, "sequence.mutate")
     return _mutate_kernel(x.astype(dtype), u, v, g or default_groups(L, dtype), native)
 
 
@@ -509,7 +457,7 @@ def evolve(
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
     g = check_groups(groups, L)
-    native = resolve_kernel(kernel, g)
+    native = resolve_kernel(kernel, g, "sequence.evolve")
     x = _initial(x0, f, L, dtype)
     return _evolve_kernel(f, u, v, x, jnp.asarray(dt, dtype), generations, save_every,
                           g or default_groups(L, dtype), native, model, master)
@@ -713,7 +661,7 @@ def stationary(
     if is_concrete(tol) and not (np.isfinite(tol) and tol > 0):
         raise QuasirlValueError(f"tol must be a finite number > 0, got {tol!r}")
     g = check_groups(groups, L)
-    native = resolve_kernel(kernel, g)
+    native = resolve_kernel(kernel, g, "sequence.stationary")
     x = _initial(x0, f, L, dtype)
     return _stationary_kernel(f, u, v, x, jnp.asarray(tol, dtype), jnp.int32(max_iter),
                               jnp.asarray(dt, dtype), g or default_groups(L, dtype), native,

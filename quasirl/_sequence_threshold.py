@@ -126,7 +126,7 @@ def error_threshold(
         dtype = _float_dtype(fitness)
         fj = jnp.asarray(fitness, dtype)
         g = check_groups(groups, L)
-        native = resolve_kernel(kernel, g)
+        native = resolve_kernel(kernel, g, "sequence.error_threshold")
         g = g or default_groups(L, dtype)
         tol_ = default_tol(dtype) if tol is None else tol
         uniform = jnp.full((1 << L,), 1.0 / (1 << L), dtype)

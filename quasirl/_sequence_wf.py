@@ -157,7 +157,7 @@ def wright_fisher(
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
     g = check_groups(groups, L)
-    native = resolve_kernel(kernel, g)
+    native = resolve_kernel(kernel, g, "sequence.wright_fisher")
     g = g or default_groups(L, dtype)
     if n0 is None:
         n0 = jnp.zeros((1 << L,), jnp.int32).at[master].set(N)

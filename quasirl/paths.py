@@ -42,7 +42,7 @@ from ._paths_graph import DEFAULT_LIMIT as DEFAULT_LIMIT
 from ._paths_graph import Paths as Paths
 from ._paths_graph import count_paths as count_paths
 from ._paths_graph import enumerate_paths as enumerate_paths
-from ._paths_graph import unrolled_graph as unrolled_graph
+from ._paths_unrolled import unrolled_graph as unrolled_graph
 
 __all__ = [
     "DEFAULT_LIMIT",

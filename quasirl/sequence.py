@@ -5,10 +5,10 @@ and the master sequence is i = 0 (all zeros) unless said otherwise (DESIGN.md "E
 
 * Mutation: per-site rates mu (0 -> 1) and nu (1 -> 0, default mu), scalars or [L];
   Q = (x)_j [[1-mu_j, nu_j], [mu_j, 1-nu_j]], never formed as a dense matrix: on CPUs a native
-  kernel of cache-blocked per-site butterflies (an XLA FFI call built on first use,
-  :func:`kernel_status`), elsewhere (or with ``kernel="xla"``) grouped Kronecker blocks
-  (:func:`mutate`, :func:`default_groups`); its spectrum (1-mu-nu)^k with multiplicity C(L, k)
-  (:func:`mutation_spectrum`).
+  kernel of cache-blocked per-site butterflies (an XLA FFI call built when quasirl is first
+  imported, :func:`quasirl.kernel_status`), elsewhere (or with ``kernel="xla"``) grouped
+  Kronecker blocks (:func:`mutate`, :func:`default_groups`); its spectrum (1-mu-nu)^k with
+  multiplicity C(L, k) (:func:`mutation_spectrum`).
 * Landscapes [2^L]: :func:`single_peak`, :func:`multiplicative` (Mount Fuji),
   :func:`rough_mt_fuji`, :func:`nk` (Kauffman), :func:`hamming_landscape` (any function of the
   distance to the master); :func:`hamming_distance`, :func:`class_distribution`.
@@ -40,7 +40,6 @@ from ._sequence_kron import class_distribution as class_distribution
 from ._sequence_kron import default_groups as default_groups
 from ._sequence_kron import evolve as evolve
 from ._sequence_kron import hamming_distance as hamming_distance
-from ._sequence_kron import kernel_status as kernel_status
 from ._sequence_kron import mutate as mutate
 from ._sequence_kron import mutation_spectrum as mutation_spectrum
 from ._sequence_kron import stationary as stationary
@@ -78,7 +77,6 @@ __all__ = [
     "evolve",
     "hamming_distance",
     "hamming_landscape",
-    "kernel_status",
     "multiplicative",
     "mutate",
     "mutation_spectrum",

@@ -11,3 +11,12 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The ISA matrix of the native kernels (tests/test_native_isa.py), when it ran."""
+    import sys
+
+    mod = sys.modules.get("test_native_isa")
+    for line in (mod.summary_lines() if mod else []):
+        terminalreporter.write_line(line)

@@ -84,6 +84,12 @@ SUBCOMMANDS = {
 }
 
 
+# Maintenance commands write no figures: (arguments, a bad argument that must give one line).
+MAINTENANCE = {
+    "build-native": (["--status"], ["--march", "x86-64-v99"]),
+}
+
+
 def _check_outputs(cmd, out):
     pngs = sorted(out.rglob("*.png"))
     assert pngs, f"{cmd} wrote no figure"
@@ -105,6 +111,14 @@ def test_every_subcommand_runs_small_and_fails_in_one_line(tmp_path, capsys):
         help_text = capsys.readouterr().out
         assert "Example" in help_text, f"{cmd} --help shows no example"
         out = tmp_path / cmd.replace(" ", "_")
+        if cmd in MAINTENANCE:
+            good, bad = MAINTENANCE[cmd]
+            assert main([*cmd.split(), *good]) == 0, cmd
+            capsys.readouterr()
+            assert main([*cmd.split(), *bad]) == 2, cmd
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and "\n" not in err, f"{cmd}: {err!r}"
+            continue
         if cmd not in SUBCOMMANDS:
             # a subcommand added after this table: its --quick mode must still write figures
             assert "--quick" in help_text, f"{cmd} has no --quick mode; add it to SUBCOMMANDS"

@@ -16,6 +16,8 @@ from oracles import all_paths, brute_F
 import quasirl as qr
 from quasirl import _dynamics as D
 from quasirl import _native
+from quasirl._native import pull as NP
+from quasirl._pull_xla import pull_tables
 
 pytestmark = pytest.mark.skipif(not _native.status()["available"],
                                 reason=f"native kernels not built: {_native.status()['reason']}")
@@ -145,9 +147,9 @@ def test_native_horizon_zero_and_batch_shapes():
 def test_native_is_the_default_and_its_derivatives_agree_with_xla():
     mdp = qr.gridworld(8, 8, dtype=np.float32)
     T = jnp.asarray(TEMPS[1:])
-    assert D._use_native(mdp, maxplus=False)
-    assert not D._use_native(mdp, maxplus=True)
-    assert not D._use_native(_to64(mdp), maxplus=False)
+    assert D._use_native(mdp, "auto", False, "free_energy")
+    assert not D._use_native(mdp, "auto", True, "free_energy")  # every T = 0: XLA's max-plus
+    assert not D._use_native(_to64(mdp), "auto", False, "free_energy")
     np.testing.assert_array_equal(np.asarray(qr.free_energy(mdp, T, 12)), _native_F(mdp, T, 12))
 
     def total(r, native):
@@ -240,12 +242,12 @@ def test_native_adjoint_checkpointed_equals_stored(monkeypatch):
     # the same arithmetic, so the same bits
     mdp = qr.random_mdp(jax.random.key(12), 30, 3, 2, dtype=np.float32)
     T = jnp.asarray(np.r_[0.0, POSITIVE[:19]], jnp.float32)
-    tab = D._pull_tables(mdp)
+    tab = pull_tables(mdp)
     args = (tab.log_init, tab.src, tab.logw, tab.rew, T)
     for H in (1, 7, 16):
-        whole = _native.pull_forward_backward(*args, H)
+        whole = NP.pull_forward_backward(*args, H)
         monkeypatch.setenv("QUASIRL_FB_MEMORY", "1")
-        parts = _native.pull_forward_backward(*args, H)
+        parts = NP.pull_forward_backward(*args, H)
         monkeypatch.delenv("QUASIRL_FB_MEMORY")
         for a, b in zip(whole, parts, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -259,7 +261,7 @@ def test_native_adjoint_checkpointed_equals_stored(monkeypatch):
 # --------------------------------------------------------------------------------------------
 def _kernel_args(mdp, T):
     li, logw, rew = D._native_inputs(mdp)
-    return li, D._pull_tables(mdp).src, logw, rew, T
+    return li, pull_tables(mdp).src, logw, rew, T
 
 
 def test_native_adjoint_contracts_the_sensitivities():
@@ -275,12 +277,12 @@ def test_native_adjoint_contracts_the_sensitivities():
     for temps, H in ((TEMPS, 7), (POSITIVE, 9), (np.r_[TEMPS, POSITIVE], 3), (POSITIVE[:1], 0)):
         T = jnp.asarray(temps, jnp.float32)
         args = _kernel_args(mdp, T)
-        F, N, rho, dT = _native.pull_forward_backward(*args, H)
+        F, N, rho, dT = NP.pull_forward_backward(*args, H)
         live = np.asarray(args[2] > -jnp.inf)
         W64 = lambda W: np.asarray(W, np.float64)  # noqa: E731
         for K in (0, 1, 3):
             W = jnp.asarray(rng.normal(size=(K, len(temps))), jnp.float32)
-            F2, G, R, dT2 = _native.pull_adjoint(*args, W, H)
+            F2, G, R, dT2 = NP.pull_adjoint(*args, W, H)
             np.testing.assert_array_equal(np.asarray(F2), np.asarray(F))
             want = np.einsum("kb,sjb->ksj", W64(W), np.asarray(N, np.float64))
             scale = np.abs(np.asarray(W)).sum(axis=1).max(initial=1.0) * max(H, 1)
@@ -300,15 +302,15 @@ def test_native_adjoint_kept_and_checkpointed_give_the_same_bits(monkeypatch):
     args = _kernel_args(mdp, T)
     W = jnp.asarray(np.random.default_rng(0).normal(size=(2, 20)), jnp.float32)
     for H in (1, 7, 16):
-        fresh = _native.pull_adjoint(*args, W, H)
+        fresh = NP.pull_adjoint(*args, W, H)
         for budget in (None, "1"):
             if budget:
                 monkeypatch.setenv("QUASIRL_FB_MEMORY", budget)
-            F, token = _native.pull_keep(*args, H)
+            F, token = NP.pull_keep(*args, H)
             np.testing.assert_array_equal(np.asarray(F), np.asarray(fresh[0]))
             assert int(token[0]) != 0 or int(token[1]) != 0
             for tok in (token, token, jnp.asarray([-7, 12345], jnp.int32)):
-                got = _native.pull_adjoint(*args, W, H, tok)
+                got = NP.pull_adjoint(*args, W, H, tok)
                 for a, b in zip(got, fresh, strict=True):
                     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             monkeypatch.delenv("QUASIRL_FB_MEMORY", raising=False)
@@ -359,7 +361,7 @@ import quasirl as qr
 from quasirl import _native, _dynamics as D
 mdp = qr.random_mdp(jax.random.key(15), 300, 3, 2, dtype=np.float32)
 T = jnp.asarray(np.geomspace(0.01, 10, 20), jnp.float32)
-tot = lambda r: jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 30))
+tot = lambda r: jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 30, native=True))
 g = np.asarray(jax.block_until_ready(jax.grad(tot)(mdp.reward)))
 print(json.dumps({"grad": g.ravel().tolist(), "memory": _native.memory()}))
 """
@@ -376,7 +378,7 @@ def test_native_memory_kept_between_calls_stays_within_the_limit():
     _native.release()  # second-order derivatives (the XLA path's) leave their passes kept
 
     def tot(r):
-        return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 30))
+        return jnp.sum(D._free_energy_batch(mdp.replace(reward=r), T, 30, native=True))
 
     g = np.asarray(jax.block_until_ready(jax.grad(tot)(mdp.reward)))
     m = _native.memory()
@@ -385,12 +387,12 @@ def test_native_memory_kept_between_calls_stays_within_the_limit():
     assert _native.memory()["kept"] == 0  # so did forward mode's tangent
     args = _kernel_args(mdp, T)
     W = jnp.ones((1, 20), jnp.float32)
-    fresh = _native.pull_adjoint(*args, W, 30)
-    _, token = jax.block_until_ready(_native.pull_keep(*args, 30))
+    fresh = NP.pull_adjoint(*args, W, 30)
+    _, token = jax.block_until_ready(NP.pull_keep(*args, 30))
     assert _native.memory()["kept"] > 0
     _native.release()
     assert _native.memory() == {"free": 0, "kept": 0, "limit": m["limit"]}
-    for a, b in zip(_native.pull_adjoint(*args, W, 30, token), fresh, strict=True):  # recomputed
+    for a, b in zip(NP.pull_adjoint(*args, W, 30, token), fresh, strict=True):  # recomputed
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # a limit smaller than one buffer: nothing is kept, and the gradient is the same
     env = {**os.environ, "QUASIRL_NATIVE_POOL": "1000000"}

@@ -11,13 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import quasirl as qr
 from quasirl import sequence as S
 from quasirl._sequence_kron import apply_q, default_groups, resolve_kernel, site_rates
 from quasirl._validate import QuasirlValueError
 
 pytestmark = pytest.mark.skipif(
-    not S.kernel_status()["available"],
-    reason=f"native kernel not built here: {S.kernel_status()['reason']}",
+    not qr.kernel_status()["available"],
+    reason=f"native kernel not built here: {qr.kernel_status()['reason']}",
 )
 
 

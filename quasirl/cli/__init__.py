@@ -25,9 +25,9 @@ def _root() -> None:
     """Selection on samples is reinforcement learning: simulate, sweep, plot, check on LMs."""
 
 
-from . import bench, boost, converge, demo, eigen, lm, paths, phase  # noqa: E402
+from . import bench, boost, converge, demo, eigen, lm, native, paths, phase  # noqa: E402
 
-for _module in (demo, converge, paths, eigen, boost, phase, lm, bench):
+for _module in (demo, converge, paths, eigen, boost, phase, lm, bench, native):
     _module.register(app)
 
 

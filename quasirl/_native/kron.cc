@@ -5,8 +5,8 @@
 //
 // Site j is bit p = L-1-j of the genotype index; M is [L, 2, 2] with M[j][new][old].
 // Q is applied as per-bit butterflies, cache-blocked so that the vector is read and written
-// about twice per call instead of once per bit (quasirl/_native.py explains the
-// layout and benchmarks/NOTES.md the measurements):
+// about twice per call instead of once per bit (benchmarks/NOTES.md has the
+// measurements):
 //   pass A: blocks of 2^KA contiguous entries (L1-resident): load w*x, the lowest log2(lanes)
 //           bits inside SIMD registers (a lane shuffle per bit), the remaining bits < KA as
 //           radix-8/4/2 butterflies between vectors; the block sums give S;
@@ -15,20 +15,23 @@
 // Register-wide GCC vector types keep the inner loops SIMD without -ffast-math (which
 // would also switch the whole process to flush-to-zero when linked into a shared library).
 
+#include "kron.h"
+
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#include "_native_simd.h"
-#include "xla/ffi/api/ffi.h"
+#include "memory.h"
+#include "simd.h"
 
-namespace ffi = xla::ffi;
+namespace quasirl {
 
 namespace {
 
-constexpr int VBYTES = QUASIRL_VBYTES;  // one SIMD register (_native_simd.h)
+
+constexpr int VBYTES = QUASIRL_VBYTES;  // one SIMD register (simd.h)
 
 template <typename T>
 struct V;
@@ -164,8 +167,10 @@ void bits(T* origin, int p0, int p1, int row_bits, const Coef<T>* coef, int shif
   }
 }
 
+}  // namespace
+
 template <typename T>
-void apply(const T* x, const T* w, bool weighted, const T* M, int L, T scale, bool normalize,
+void kron_apply(const T* x, const T* w, bool weighted, const T* M, int L, T scale, bool normalize,
            T* y, T* total) {
   typedef typename V<T>::vec vec;
   typedef typename V<T>::ivec ivec;
@@ -217,7 +222,7 @@ void apply(const T* x, const T* w, bool weighted, const T* M, int L, T scale, bo
   const long nblk = long(n >> KA);
   std::vector<double> sums(nblk);
 
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(team_size())
   for (long b = 0; b < nblk; ++b) {
     const T* xb = x + size_t(b) * bs;
     const T* wb = weighted ? w + size_t(b) * bs : nullptr;
@@ -275,7 +280,7 @@ void apply(const T* x, const T* w, bool weighted, const T* M, int L, T scale, bo
     const size_t W = size_t(1) << wb, R = size_t(1) << nb;
     const size_t ncol = C / W;
     const long ntiles = long((n >> p1) * ncol);
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size())
     {
       std::vector<T> tile_store(R * W + 64 / sizeof(T));  // room to align to 64 bytes
       T* tile = tile_store.data();
@@ -297,41 +302,10 @@ void apply(const T* x, const T* w, bool weighted, const T* M, int L, T scale, bo
   }
 }
 
-}  // namespace
 
-template <ffi::DataType DT, typename T>
-ffi::Error KronImpl(ffi::Buffer<DT> x, ffi::Buffer<DT> w, ffi::Buffer<DT> m,
-                    ffi::Buffer<DT> scale, ffi::ResultBuffer<DT> y,
-                    ffi::ResultBuffer<DT> total, int32_t weighted, int32_t normalize) {
-  const size_t n = x.element_count();
-  int L = 0;
-  while ((size_t(1) << L) < n) ++L;
-  if ((size_t(1) << L) != n || n < 2) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "x must have 2^L >= 2 entries");
-  }
-  if (m.element_count() != size_t(4 * L)) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "m must have shape [L, 2, 2]");
-  }
-  if (weighted && w.element_count() != n) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "w must have as many entries as x");
-  }
-  apply<T>(x.typed_data(), w.typed_data(), weighted != 0, m.typed_data(), L,
-           scale.typed_data()[0], normalize != 0, y->typed_data(), total->typed_data());
-  return ffi::Error::Success();
-}
+template void kron_apply<float>(const float*, const float*, bool, const float*, int, float, bool,
+                                float*, float*);
+template void kron_apply<double>(const double*, const double*, bool, const double*, int, double,
+                                 bool, double*, double*);
 
-#define QUASIRL_BIND(DT)                      \
-  ffi::Ffi::Bind()                            \
-      .Arg<ffi::Buffer<DT>>()                 \
-      .Arg<ffi::Buffer<DT>>()                 \
-      .Arg<ffi::Buffer<DT>>()                 \
-      .Arg<ffi::Buffer<DT>>()                 \
-      .Ret<ffi::Buffer<DT>>()                 \
-      .Ret<ffi::Buffer<DT>>()                 \
-      .Attr<int32_t>("weighted")              \
-      .Attr<int32_t>("normalize")
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlKronF32, (KronImpl<ffi::F32, float>),
-                              QUASIRL_BIND(ffi::F32));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuasirlKronF64, (KronImpl<ffi::F64, double>),
-                              QUASIRL_BIND(ffi::F64));
+}  // namespace quasirl

@@ -1,24 +1,26 @@
 """Derivatives of the native forward kernel of ``free_energy``: three JAX primitives.
 
-``_forward_native``'s ``custom_jvp`` rule is
+``quasirl._dynamics._forward_native``'s ``custom_jvp`` rule is
 
     F, token = keep(li, src, log w, r, T)
     dF = tangent(li, src, log w, r, T, token; dr, dlog w, dT, dli)
        = sum_j N_j (dr_j + T dlog w_j) + dF/dT dT + T sum_s rho_s dli_s,
 
 with li = log init (u_0 = T li), N = dF/dc per entry and temperature (c = T log w + r),
-rho = dF/du_0 and dF/dT at fixed init, w and r (:func:`quasirl._native.pull_forward_backward`).
+rho = dF/du_0 and dF/dT at fixed init, w and r
+(:func:`quasirl._native.pull.pull_forward_backward`).
 ``keep`` runs the forward kernel and keeps its pass for the adjoint under ``token``; the
 tangent is linear in its last four operands. Its rules:
 
 * evaluated (forward mode): the kernel that returns N and rho (from the kept pass), then the
   contraction;
 * transposed (reverse mode): the cotangent of F is known, so ``adjoint`` runs the kernel that
-  contracts over temperatures as it goes (:func:`quasirl._native.pull_adjoint`), from the
+  contracts over temperatures as it goes (:func:`quasirl._native.pull.pull_adjoint`), from the
   kept pass: one float per entry and weight instead of one per entry and temperature, the
   traffic that bounded the reverse pass (benchmarks/NOTES.md, section 13);
 * differentiated again (second order): the XLA path's derivatives
-  (``_dynamics._sensitivities_reference``), so every order of forward and reverse mode works;
+  (:func:`quasirl._pull_xla.sensitivities_reference`), so every order of forward and reverse
+  mode works;
 * batched: the kernel once with the batch contracted in where only tangents or cotangents
   are batched (``jacfwd``, ``jacrev``), else once per batch entry (``lax.map``).
 
@@ -37,7 +39,8 @@ from jax.core import ShapedArray
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _native
+from .._pull_xla import sensitivities_reference
+from . import pull as _pull
 
 _F32 = jnp.float32
 
@@ -55,9 +58,7 @@ def _contract(N, rho, dTf, li, logw, T, drew, dlogw, dT, dli):
 
 
 def _reference(li, src, logw, rew, T, horizon):
-    from ._dynamics import _sensitivities_reference
-
-    return _sensitivities_reference(li, src, logw, rew, T, horizon)
+    return sensitivities_reference(li, src, logw, rew, T, horizon)
 
 
 def _map_batch(fn, args, dims):
@@ -103,7 +104,7 @@ def adjoint(li, src, logw, rew, T, token, W, horizon: int):
 
 
 def _adjoint_impl(li, src, logw, rew, T, token, W, *, horizon):
-    return _native.pull_adjoint(li, src, logw, rew, T, W, horizon, token)[1:]
+    return _pull.pull_adjoint(li, src, logw, rew, T, W, horizon, token)[1:]
 
 
 def _adjoint_reference(li, src, logw, rew, T, token, W, horizon):
@@ -151,7 +152,7 @@ def tangent(li, src, logw, rew, T, token, drew, dlogw, dT, dli, horizon: int):
 
 
 def _tangent_impl(li, src, logw, rew, T, token, drew, dlogw, dT, dli, *, horizon):
-    _, N, rho, dTf = _native.pull_forward_backward(li, src, logw, rew, T, horizon, token)
+    _, N, rho, dTf = _pull.pull_forward_backward(li, src, logw, rew, T, horizon, token)
     return _contract(N, rho, dTf, li, logw, T, drew, dlogw, dT, dli)
 
 
@@ -190,7 +191,7 @@ def _tangent_transpose(ct, li, src, logw, rew, T, token, drew, dlogw, dT, dli, *
 def _tangent_batch(args, dims, *, horizon):
     if all(d is None for d in dims[:_NRES]):  # only tangents: N once
         li, src, logw, rew, T, token = args[:_NRES]
-        _, N, rho, dTf = _native.pull_forward_backward(li, src, logw, rew, T, horizon, token)
+        _, N, rho, dTf = _pull.pull_forward_backward(li, src, logw, rew, T, horizon, token)
         out = jax.vmap(lambda *lin: _contract(N, rho, dTf, li, logw, T, *lin),
                        in_axes=tuple(dims[_NRES:]))(*args[_NRES:])
         return out, 0
@@ -213,12 +214,13 @@ keep_p.multiple_results = True
 
 
 def keep(li, src, logw, rew, T, horizon: int):
-    """F and a token for the forward pass the kernel keeps (:func:`_native.pull_keep`)."""
+    """F and a token for the forward pass the kernel keeps
+    (:func:`quasirl._native.pull.pull_keep`)."""
     return keep_p.bind(li, src, logw, rew, T, horizon=horizon)
 
 
 def _keep_impl(li, src, logw, rew, T, *, horizon):
-    return _native.pull_keep(li, src, logw, rew, T, horizon)
+    return _pull.pull_keep(li, src, logw, rew, T, horizon)
 
 
 @keep_p.def_abstract_eval
