@@ -108,11 +108,22 @@ def references(path: str | None) -> dict:
     a, b = pair()
     for k, m in enumerate((a, b, a.replace(reward=b.reward), a.replace(reward=-a.reward))):
         ref[f"pair/{k}"] = ref_grad(m, POSITIVE, 12)
+    for L, x, f in kron_inputs():
+        x64, f64 = jnp.asarray(x, jnp.float64), jnp.asarray(f, jnp.float64)
+        ref[f"kron/{L}/mutate"] = np.asarray(S.mutate(x64, 0.03, kernel="xla"))
+        ref[f"kron/{L}/stationary"] = np.asarray(
+            S.stationary(f64, 0.02, tol=1e-12, kernel="xla").distribution)
     if path:
         tmp = path + ".tmp.npz"
         np.savez(tmp, **ref)
         os.replace(tmp, path)
     return ref
+
+
+def kron_inputs():
+    """Eigen's operator below the lane count, below and above the block size: (L, x, f)."""
+    return [(L, np.random.default_rng(L).random(1 << L), np.asarray(S.single_peak(L, 3.0)))
+            for L in (2, 10, 15)]
 
 
 def pair():
@@ -174,15 +185,13 @@ def checks(ref: dict, examples: int) -> dict:
     gv = jax.vmap(lambda r: jax.grad(total)(r, a, POSITIVE, 12, True))(rs)
     for k, key in enumerate(("pair/0", "pair/2", "pair/3")):
         out["interleaved"] = max(out["interleaved"], rel(gv[k], ref[key]))
-    # Eigen's operator, float32 and float64, below and above the block size
-    for L, dt in ((3, np.float64), (10, np.float32), (15, np.float64), (15, np.float32)):
-        f = S.single_peak(L, 3.0).astype(dt)
-        x = jnp.asarray(np.random.default_rng(L).random(1 << L), dt)
-        mu = dt(0.03)
-        out["kron"] = max(out["kron"],
-                          rel(S.mutate(x, mu, kernel="native"), S.mutate(x, mu, kernel="xla")),
-                          rel(S.stationary(f, dt(0.02), kernel="native").distribution,
-                              S.stationary(f, dt(0.02), kernel="xla").distribution))
+    # Eigen's operator, float32 and float64, against float64 XLA
+    for L, x, f in kron_inputs():
+        for dt in (np.float32, np.float64):
+            mut = S.mutate(jnp.asarray(x, dt), dt(0.03), kernel="native")
+            st_ = S.stationary(jnp.asarray(f, dt), dt(0.02), kernel="native").distribution
+            out["kron"] = max(out["kron"], rel(mut, ref[f"kron/{L}/mutate"]),
+                              rel(st_, ref[f"kron/{L}/stationary"]))
     out["property"] = occupancy_property(examples)
     out.update(bits)
     return out
@@ -215,7 +224,7 @@ def occupancy_property(examples: int) -> str | None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", default="1,2,3")
-    ap.add_argument("--examples", type=int, default=12)
+    ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--refs", default=None, help="npz of the float64 references (read, or "
                                                  "computed and written)")
     ap.add_argument("--refs-only", action="store_true", help="compute --refs and stop")
