@@ -51,16 +51,15 @@ MUTATIONS = [
     ("avx512: exp2 table", "x86-64-v4",
      "    1.0f, 1.0442737340927124f,", "    1.0f, 1.04f,"),
     ("avx512: scalef", "x86-64-v4",
-     "QI vf vldexp(vf p, vf n) { return (vf)_mm512_scalef_ps((__m512)p, (__m512)n); }",
-     "QI vf vldexp(vf p, vf n) { return (vf)_mm512_scalef_ps((__m512)p, (__m512)(n + 1)); }"),
+     "  return (vf)_mm512_maskz_scalef_ps(ALL16, (__m512)p, (__m512)n);",
+     "  return (vf)_mm512_maskz_scalef_ps(ALL16, (__m512)p, (__m512)(n + 1));"),
     ("avx512: log2 table", "x86-64-v4",
      "    0.9696969985961914f, 0.9142857193946838f,", "    0.9696969985961914f, 0.9f,"),
     ("avx512: all_below mask", "x86-64-v4",
      "          _mm512_cmp_ps_mask((__m512)s, _mm512_set1_ps(1.0f), _CMP_GE_OQ)) == 0xFFFF;",
      "          _mm512_cmp_ps_mask((__m512)s, _mm512_set1_ps(1.0f), _CMP_GE_OQ)) != 0;"),
     ("avx512: reduce_add", "x86-64-v4",
-     "  return _mm512_reduce_add_ps((__m512)a);",
-     "  return _mm512_reduce_add_ps((__m512)a) * 0.5f;"),
+     "  return _mm_cvtss_f32(s4);", "  return _mm_cvtss_f32(s4) * 0.5f;"),
     ("avx512: all_zero mask", "x86-64-v4",
      "  return _mm512_cmp_ps_mask((__m512)a, _mm512_setzero_ps(), _CMP_EQ_OQ) == 0xFFFF;",
      "  return _mm512_cmp_ps_mask((__m512)a, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0;"),
@@ -74,7 +73,8 @@ MUTATIONS = [
 
 def probe(variant: str, cache: Path, refs: Path) -> dict:
     env = {**os.environ, "QUASIRL_NATIVE_MARCH": variant, "QUASIRL_CACHE_DIR": str(cache),
-           "OMP_WAIT_POLICY": "passive", "PYTHONPATH": str(ROOT / "tests")}
+           "OMP_WAIT_POLICY": "passive", "QUASIRL_NATIVE_GRAIN": "1",
+           "PYTHONPATH": str(ROOT / "tests")}
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "native_probe.py"), "--refs",
                           str(refs), "--threads", "2", "--examples", "6"],
                          capture_output=True, text=True, env=env, timeout=1800)

@@ -63,7 +63,13 @@ QI void stream_fence() {
 }
 
 #if defined(__AVX512F__)
-QI vf vldexp(vf p, vf n) { return (vf)_mm512_scalef_ps((__m512)p, (__m512)n); }  // p 2^floor(n)
+// The AVX-512 intrinsics below are called in their zero-masked form with every lane selected
+// (the same instruction): the plain forms pass _mm512_undefined_ps() as the merge source,
+// which GCC 12 reports as maybe-uninitialized, an error under -Werror.
+constexpr __mmask16 ALL16 = 0xFFFF;
+QI vf vldexp(vf p, vf n) {  // p 2^floor(n)
+  return (vf)_mm512_maskz_scalef_ps(ALL16, (__m512)p, (__m512)n);
+}
 #else
 QI vf vround(vf y) {
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting rounds
@@ -89,13 +95,17 @@ alignas(64) inline constexpr float EXP2_TAB[16] = {
     1.4142135381698608f, 1.4768261909484863f, 1.5422108173370361f, 1.610490322113037f,
     1.6817928552627563f, 1.7562521696090698f, 1.8340080976486206f, 1.9152065515518188f};
 
+// vpermps of a 16-entry table (zero-masked form, see ALL16)
+QI __m512 table16(__m512i idx, const float* table) {
+  return _mm512_maskz_permutexvar_ps(ALL16, idx, _mm512_load_ps(table));
+}
+
 QI vf vexp2(vf y) {
   const vf magic = splat(786432.0f);
   const vf t = y + magic;
   const vf r = t - magic;
   const vf f = y - r;
-  const vf tk = (vf)_mm512_permutexvar_ps(_mm512_castps_si512((__m512)t),
-                                          _mm512_load_ps(EXP2_TAB));
+  const vf tk = (vf)table16(_mm512_castps_si512((__m512)t), EXP2_TAB);
   vf p = splat(0.0552048422396183f);
   p = p * f + splat(0.24022652208805084f);
   p = p * f + splat(0.6931471824645996f);
@@ -169,11 +179,11 @@ alignas(64) inline constexpr float LOG_LG[16] = {  // -log2 of LOG_INV[k], to fl
 
 QI vf add_log2(vf ref, vf s) {
   const __m512 sv = (__m512)s;
-  const vf e = (vf)_mm512_getexp_ps(sv);
-  const vf m = (vf)_mm512_getmant_ps(sv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
-  const __m512i k = _mm512_srli_epi32(_mm512_castps_si512(sv), 19);  // vpermps reads bits 0-3
-  const vf inv = (vf)_mm512_permutexvar_ps(k, _mm512_load_ps(LOG_INV));
-  const vf lg = (vf)_mm512_permutexvar_ps(k, _mm512_load_ps(LOG_LG));
+  const vf e = (vf)_mm512_maskz_getexp_ps(ALL16, sv);
+  const vf m = (vf)_mm512_maskz_getmant_ps(ALL16, sv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  const __m512i k = _mm512_maskz_srli_epi32(ALL16, _mm512_castps_si512(sv), 19);  // bits 0-3
+  const vf inv = (vf)table16(k, LOG_INV);
+  const vf lg = (vf)table16(k, LOG_LG);
   const vf r = m * inv - splat(1.0f);
   vf p = splat(-0.36067376022224085f);
   p = p * r + splat(0.48089834696298783f);
@@ -221,7 +231,15 @@ QI bool all_below(vf s, float lim) {
 
 QI float hsum(vf a) {
 #if defined(__AVX512F__)
-  return _mm512_reduce_add_ps((__m512)a);
+  // the tree of _mm512_reduce_add_ps (halves, then quarters, ...); its extracts, and GCC 12's
+  // _mm512_castps512_ps256, pass an undefined merge source (see ALL16)
+  const __m512d d = _mm512_castps_pd((__m512)a);
+  const __m256 s8 = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(__mmask8(0xFF), d, 0)) +
+                    _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(__mmask8(0xFF), d, 1));
+  __m128 s4 = _mm256_castps256_ps128(s8) + _mm256_extractf128_ps(s8, 1);
+  s4 = s4 + _mm_movehl_ps(s4, s4);
+  s4 = s4 + _mm_shuffle_ps(s4, s4, 1);
+  return _mm_cvtss_f32(s4);
 #else
   float s = 0.0f;
   for (int i = 0; i < LANES; ++i) s += a[i];
