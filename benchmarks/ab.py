@@ -8,7 +8,8 @@ each round runs every case once per tree, in a fresh process per tree and round,
 alternating order, so both trees see the same machine; each process reports the minimum of
 ``--repeats`` timed calls after a warm-up. Cases: B1's forward (S = 10^6, 32 T; horizon
 ``--horizon``, per step), B1's forward-backward (``value_and_grad``, H = 10) and B3's map at
-L = 22 (float32 and float64, per generation), all through APIs both trees have.
+L = 22 (float32 and float64, per generation), and a 60-state gridworld over 10^5 steps (native
+and XLA, per step: the per-step overhead), all through APIs both trees have.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ out = {"B1 forward, per step": best(lambda: qr.free_energy(mdp, T, H)) / H}
 vg = jax.jit(jax.value_and_grad(lambda r: jnp.sum(qr.free_energy(mdp.replace(reward=r), T, 10))))
 out["B1 forward-backward, H = 10"] = best(lambda: vg(mdp.reward))
 del mdp, vg
+# a small state space over a long horizon: per-step overhead, not bandwidth (issue 15)
+small = qr.gridworld(6, 10, dtype=np.float32)
+for k in ("native", "xla"):
+    try:  # trees from before kernel= run the native kernel by default
+        qr.free_energy(small, 0.1, 2, kernel=k)
+        kw = {"kernel": k}
+    except TypeError:
+        if k == "xla":
+            continue
+        kw = {}
+    out[f"gridworld 60 states, H = 10^5, {k}, per step"] = best(
+        lambda kw=kw: qr.free_energy(small, 0.1, 100_000, **kw)) / 100_000
 from benchmarks.bench_sequence import jax_kernel
 from quasirl import sequence as S
 for dt in (np.float32, np.float64):
@@ -79,11 +92,12 @@ def main() -> int:
     A, B = a.trees
     print(f"{'case':52s} {'A min':>10s} {'A median':>10s} {'B min':>10s} {'B median':>10s} "
           f"{'B/A (median)':>12s}")
-    for case in times[A]:
-        ta, tb = times[A][case], times[B][case]
-        ma, mb = statistics.median(ta), statistics.median(tb)
-        print(f"{case:52s} {min(ta):10.4g} {ma:10.4g} {min(tb):10.4g} {mb:10.4g} "
-              f"{mb / ma:12.3f}")
+    for case in dict.fromkeys([*times[A], *times[B]]):
+        ta, tb = times[A].get(case), times[B].get(case)
+        cells = [f"{min(t):10.4g} {statistics.median(t):10.4g}" if t else f"{'-':>10s} {'-':>10s}"
+                 for t in (ta, tb)]
+        ratio = statistics.median(tb) / statistics.median(ta) if ta and tb else float("nan")
+        print(f"{case:52s} {cells[0]} {cells[1]} {ratio:12.3f}")
     if a.out:
         with open(a.out, "w") as fh:
             json.dump({"trees": a.trees, "times": times}, fh, indent=1)

@@ -168,6 +168,16 @@ def _native_obstacles(mdp: MDP) -> tuple[str | None, ...]:
             f"kernel, this MDP has {J} (dense: kernel='xla')")
 
 
+def _one_eager_lane(mdp: MDP, t) -> bool:
+    """One temperature, outside any transformation: "auto" runs XLA. The native kernel pads
+    the temperatures to 16 (8) lanes and pays a fixed cost per step, so for a single
+    temperature XLA's recursion is 2-3x faster per step at every size measured (64 to 62,500
+    states, benchmarks/README.md); with derivatives (its own adjoint) or several temperatures
+    the native kernel wins (3-5x at 32), and under jit/vmap/grad the lane count is not known
+    here, so those keep the native path."""
+    return t.shape[0] == 1 and V.is_concrete(mdp, t)
+
+
 def _use_native(mdp: MDP, kernel: str, maxplus: bool, what: str) -> bool:
     """Resolve ``kernel`` for the free-energy recursion of ``mdp`` (before any trace)."""
     return _kernels.resolve(kernel, what, _native_obstacles(mdp), prefer_xla=maxplus)
@@ -256,8 +266,61 @@ def _check(mdp, horizon, name="horizon"):
     return V.check_horizon(horizon, name)
 
 
-def _temperatures(mdp, T):
-    t, batched = V.check_temperature(T)
+# Rounding: the kernels carry u = T log n, whose terms T log(policy * prob) are large at large T
+# and cancel in F (the prior weights sum to 1, F tends to the prior-averaged return as T -> oo).
+# Each step adds a rounding error of about eps * T * |log w|, so F is off by about
+# eps(dtype) * T * Lambda, Lambda = max|log init| + H max|log(policy * prob)| (measured: 1/40 to
+# 1/2 of that bound). Temperatures whose bound exceeds RANGE_TOL of the return scale
+# max(1, H max|R|) are refused: with float32 that is T above ~1e3-1e4 on typical MDPs, with
+# float64 ~5e8 times higher (docs/reliability.md).
+RANGE_TOL = 1e-3
+
+
+def temperature_limit(mdp: MDP, horizon: int) -> float:
+    """The largest T at which F and its derivatives keep the rounding bound above (inf when
+    the path prior is deterministic); needs concrete MDP arrays."""
+    eps = float(np.finfo(np.dtype(mdp.prob.dtype)).eps)
+    w = np.asarray(mdp.policy)[:, :, None] * np.asarray(mdp.prob)
+    init = np.asarray(mdp.init)
+    live = w > 0
+    lw = float(np.max(-np.log(w[live]), initial=0.0))
+    li = float(np.max(-np.log(init[init > 0]), initial=0.0))
+    lam = li + horizon * lw
+    rbar = float(np.max(np.abs(np.asarray(mdp.reward)[live]), initial=0.0))
+    if lam == 0:
+        return float("inf")
+    return RANGE_TOL * max(1.0, horizon * rbar) / (eps * lam)
+
+
+def _range_error(mdp, horizon: int, T: float, limit: float) -> str:
+    dt = np.dtype(mdp.prob.dtype)
+    return (f"T = {T:g} is beyond the range that {dt} computes this MDP at horizon {horizon}: "
+            f"T <= {limit:.3g} (rounding grows as eps * T * |log prior weight|; at larger T, F "
+            f"tends to the prior-averaged return)"
+            + (". Use float64 (jax_enable_x64) for larger T" if dt != np.float64 else ""))
+
+
+def _temperatures(mdp, T, horizon: int | None = None):
+    """Checked temperatures as a 1-D array of the MDP's dtype, and whether T was batched.
+
+    With ``horizon``, T beyond :func:`temperature_limit` is refused (at run time when T is
+    traced and the MDP concrete; not at all when the MDP itself is traced)."""
+    concrete_mdp = horizon is not None and V.is_concrete(
+        mdp.prob, mdp.policy, mdp.init, mdp.reward)
+    limit = None
+    if concrete_mdp and not V.is_concrete(T):
+        L = temperature_limit(mdp, horizon)
+        limit = (L, _range_error(mdp, horizon, float("nan"), L).replace("T = nan", "a traced T")
+                 + " (checked under jit at run time)")
+    t, batched = V.check_temperature(T, limit=limit)
+    if concrete_mdp and V.is_concrete(t):
+        tmax = float(np.max(np.asarray(t, np.float64)))
+        eps = float(np.finfo(np.dtype(mdp.prob.dtype)).eps)
+        # cheap screen before looking at the arrays: |log w| <= 745 for any float
+        if eps * tmax * (horizon + 1) * 745.0 > RANGE_TOL:
+            L = temperature_limit(mdp, horizon)
+            if tmax > L:
+                raise V.QuasirlValueError(_range_error(mdp, horizon, tmax, L))
     t = jnp.atleast_1d(t).astype(mdp.prob.dtype)
     return t, batched
 
@@ -277,14 +340,16 @@ def free_energy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     kernel: "auto" (default) runs the native CPU kernel (float32, all temperatures in one call,
     its own adjoint for derivatives; :func:`quasirl.kernel_status`) for float32 MDPs with at
     most 64 transitions into a state, on a CPU backend, unless every T is 0 (then XLA's
-    max-plus recursion); else the XLA recursion. "native" forces the native kernel (a
-    QuasirlValueError says why where it cannot run), "xla" the XLA recursion (float32 or
-    float64). Both agree to float32 rounding, under jit, vmap and every order of derivative.
+    max-plus recursion) or the call is one temperature outside any JAX transformation (then
+    XLA's recursion, 2-3x faster for a single lane); else the XLA recursion. "native" forces
+    the native kernel (a QuasirlValueError says why where it cannot run), "xla" the XLA
+    recursion (float32 or float64). Both agree to float32 rounding, under jit, vmap and every
+    order of derivative.
     """
     horizon = _check(mdp, horizon)
-    t, batched = _temperatures(mdp, T)
+    t, batched = _temperatures(mdp, T, horizon)
     maxplus = _all_zero(t)
-    native = _use_native(mdp, kernel, maxplus, "free_energy")
+    native = _use_native(mdp, kernel, maxplus or _one_eager_lane(mdp, t), "free_energy")
     out = _free_energy_batch(mdp, t, horizon, maxplus=maxplus and not native, native=native)
     return out if batched else out[0]
 
@@ -292,12 +357,12 @@ def free_energy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
 def log_partition(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     """log Z(T) for T > 0 (scalar or 1-D array); ``kernel`` as for :func:`free_energy`."""
     horizon = _check(mdp, horizon)
-    t, batched = _temperatures(mdp, T)
+    t, batched = _temperatures(mdp, T, horizon)
     if V.is_concrete(t) and bool(np.any(np.asarray(t) == 0)):
         raise V.QuasirlValueError(
             "log_partition needs T > 0 (log Z diverges as T -> 0); use free_energy at T = 0"
         )
-    native = _use_native(mdp, kernel, False, "log_partition")
+    native = _use_native(mdp, kernel, _one_eager_lane(mdp, t), "log_partition")
     out = _free_energy_batch(mdp, t, horizon, native=native) / t
     return out if batched else out[0]
 
@@ -337,7 +402,7 @@ def evolve(mdp: MDP, T, steps: int, save_every: int | None = None, *,
         save_every = V.check_horizon(save_every, "save_every")
         if save_every == 0:
             raise V.QuasirlValueError("save_every must be >= 1 (or None), got 0")
-    t, batched = _temperatures(mdp, T)
+    t, batched = _temperatures(mdp, T, steps)
     n, logZ, F, traj = _evolve_batch(mdp, t, steps, save_every)
     if not batched:
         n, logZ, F = n[0], logZ[0], F[0]
@@ -349,7 +414,7 @@ def desirability(mdp: MDP, T, horizon: int):
     """Backward desirabilities in value units, [H+1, S]: T log of the tempered weight of all
     futures from state s at time t (the max-plus value-to-go at T = 0); row H is 0."""
     horizon = _check(mdp, horizon)
-    t, batched = _temperatures(mdp, T)
+    t, batched = _temperatures(mdp, T, horizon)
     out = _desirability_batch(mdp, t, horizon)
     return out if batched else out[0]
 
@@ -366,8 +431,12 @@ def soft_policy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     """
     horizon = _check(mdp, horizon)
     _kernels.xla_only(kernel, "soft_policy")
-    t, batched = _temperatures(mdp, T)
-    out = _soft_policy_batch(mdp, t, horizon)
+    t, batched = _temperatures(mdp, T, horizon)
+    if horizon == 0:  # no decisions: an empty [0, S, A] table
+        S, A, _ = mdp.shape
+        out = jnp.zeros((t.shape[0], 0, S, A), mdp.prob.dtype)
+    else:
+        out = _soft_policy_batch(mdp, t, horizon)
     return out if batched else out[0]
 
 
@@ -394,14 +463,44 @@ def optimism_gap(mdp: MDP, horizon: int):
     return optimal_value(mdp, horizon) - bellman_value(mdp, horizon)
 
 
+@partial(jax.jit, static_argnames=("horizon",))
+def _occupancy_limit(mdp: MDP, horizon: int):
+    """The T -> 0+ limit of the occupancy: uses of each outcome on the max-return paths, each
+    path counted in proportion to its weight w_p. It is d log W / d log w, W the total weight
+    of the optimal paths (the max-plus recursion with weights, quasirl.semiring.smax_weighted):
+    at T = 0 the values u do not depend on log w, so only the weights carry the derivative."""
+    leaves, treedef = jax.tree_util.tree_flatten(mdp)
+    slot = MDP.__slots__.index("prob")
+
+    def logW(delta):
+        scaled = [*leaves]
+        scaled[slot] = mdp.prob * jnp.exp(delta)
+        tab = pull_tables(jax.tree_util.tree_unflatten(treedef, scaled))
+        return _evolve_one(tab, jnp.zeros((), mdp.prob.dtype), horizon, None)[1]
+
+    return jax.grad(logW)(jnp.zeros_like(mdp.prob))
+
+
 def occupancy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
     """Expected number of uses of each transition outcome, [S, A, K], under the tempered path
-    distribution: dF/dR (scalar T only). ``kernel`` as for :func:`free_energy` (the native
-    path is its adjoint kernel)."""
+    distribution: dF/dR for T > 0 (scalar T only). ``kernel`` as for :func:`free_energy` (the
+    native path is its adjoint kernel).
+
+    At T = 0 it is the T -> 0+ limit: the max-return paths (ties within
+    :func:`quasirl.semiring.tie_tolerance`), each counted in proportion to its weight, so it
+    equals ``paths.path_flow(mdp, 0.0, H).sum(0)``. (The gradient of ``free_energy`` at T = 0 is
+    instead a subgradient of the max: with tied optimal paths it splits evenly at each tie of
+    the recursion, and can differ from this limit.)"""
     horizon = _check(mdp, horizon)
-    t, batched = _temperatures(mdp, T)
+    t, batched = _temperatures(mdp, T, horizon)
     if batched:
         raise V.QuasirlValueError("occupancy takes a scalar T")
+    if _all_zero(t):
+        if _kernels.check_kernel(kernel) == "native":
+            raise V.QuasirlValueError(
+                "occupancy: kernel='native' cannot run at T = 0: the T -> 0+ limit is computed "
+                "by the XLA max-plus recursion with weights (use kernel='auto' or 'xla')")
+        return _occupancy_limit(mdp, horizon)
     native = _use_native(mdp, kernel, False, "occupancy")
 
     def F(r):  # the soft recursion at every T (its T = 0 lanes are the max)

@@ -72,6 +72,10 @@ class MDP:
             raise V.QuasirlValueError(
                 f"P must have shape [S, A, S'] with S' = S, got shape {np.shape(P_)}"
             )
+        V.check_size("P", S, "state (S >= 1)")
+        V.check_size("P", A, "action (A >= 1)")
+        V.check_real("P", P)
+        V.check_real("R", R)
         if concrete_P:
             V.check_distribution("P", P_, axis=-1)
         Rshape = np.shape(R)
@@ -133,6 +137,7 @@ class MDP:
     def _default_init(init, S, dt):
         if init is None:
             return jnp.full((S,), 1.0 / S, dtype=dt)
+        V.check_real("init", init)
         V.check_shape("init", init, (S,), "[S]")
         if V.is_concrete(init):
             V.check_distribution("init", init)
@@ -142,6 +147,7 @@ class MDP:
     def _default_policy(policy, S, A, dt):
         if policy is None:
             return jnp.full((S, A), 1.0 / A, dtype=dt)
+        V.check_real("policy", policy)
         V.check_shape("policy", policy, (S, A), "[S, A]")
         if V.is_concrete(policy):
             V.check_distribution("policy", policy, what="row (state)")
@@ -158,8 +164,13 @@ class MDP:
                 f"next_state must have shape [S, A, K], got shape {np.shape(next_state)}"
             )
         S, A, K = np.shape(next_state)
+        V.check_size("next_state", S, "state (S >= 1)")
+        V.check_size("next_state", A, "action (A >= 1)")
+        V.check_size("next_state", K, "outcome (K >= 1)")
         V.check_shape("prob", prob, (S, A, K), "[S, A, K]")
         V.check_shape("reward", reward, (S, A, K), "[S, A, K]")
+        V.check_real("prob", prob)
+        V.check_real("reward", reward)
         if V.is_concrete(next_state):
             nx = np.asarray(next_state)
             if not np.issubdtype(nx.dtype, np.integer):
@@ -194,7 +205,10 @@ class MDP:
                 f"next_state must have shape [S, A], got shape {np.shape(next_state)}"
             )
         S, A = np.shape(next_state)
+        V.check_size("next_state", S, "state (S >= 1)")
+        V.check_size("next_state", A, "action (A >= 1)")
         V.check_shape("reward", reward, (S, A), "[S, A]")
+        V.check_real("reward", reward)
         nx = next_state if not V.is_concrete(next_state) else np.asarray(next_state)
         rw = reward if not V.is_concrete(reward) else np.asarray(reward)
         dt = _float_dtype(reward)
@@ -230,6 +244,8 @@ class MDP:
         S, A, K = self.shape
         dt = self.prob.dtype
         new = object.__new__(type(self))
+        if reward is not None:
+            V.check_real("reward", reward)
         rew = self.reward if reward is None else jnp.asarray(reward, dtype=dt)
         if reward is not None:
             V.check_shape("reward", reward, (S, A, K), "[S, A, K]")
@@ -266,10 +282,17 @@ class MDP:
         return self.next.shape[2] == 1
 
     def dense(self):
-        """(P[S,A,S'], R[S,A,S']) as dense numpy arrays (small MDPs only)."""
+        """(P[S,A,S'], R[S,A,S']) as dense numpy arrays (small MDPs only).
+
+        Two outcomes of one (s, a) that enter the same state are merged (their probabilities
+        add). That is exact only when they carry the same reward: the path weight of the pair
+        is p1 exp(r1/T) + p2 exp(r2/T), which no single R[s, a, s'] gives at every T, so
+        differing rewards raise instead of keeping one of them.
+        """
         S, A, K = self.shape
         P = np.zeros((S, A, S))
         R = np.zeros((S, A, S))
+        seen = np.zeros((S, A, S), dtype=bool)
         nx = np.asarray(self.next)
         pr = np.asarray(self.prob, dtype=np.float64)
         rw = np.asarray(self.reward, dtype=np.float64)
@@ -277,7 +300,19 @@ class MDP:
         for k in range(K):
             np.add.at(P, (s_idx, a_idx, nx[:, :, k]), pr[:, :, k])
             live = pr[:, :, k] > 0
-            R[s_idx[live], a_idx[live], nx[:, :, k][live]] = rw[:, :, k][live]
+            at = (s_idx[live], a_idx[live], nx[:, :, k][live])
+            clash = seen[at] & (R[at] != rw[:, :, k][live])
+            if clash.any():
+                i = int(np.flatnonzero(clash)[0])
+                s, a, t = (int(x[i]) for x in at)
+                raise V.QuasirlValueError(
+                    f"dense(): two outcomes of (state {s}, action {a}) enter state {t} with "
+                    f"different rewards ({R[s, a, t]!r} and {rw[:, :, k][live][i]!r}); a dense "
+                    f"R[S, A, S'] cannot hold both. Keep the successor lists (the MDP itself), "
+                    f"or split the target state"
+                )
+            R[at] = rw[:, :, k][live]
+            seen[at] = True
         return P, R
 
     def __repr__(self) -> str:

@@ -65,6 +65,23 @@ def chain(n: int, goal_reward: float = 1.0, step_cost: float = 0.0, slip: float 
     return MDP.from_successors(nxt, prob.astype(dt), rew.astype(dt), init=init.astype(dt))
 
 
+def _cell(name: str, cell, H: int, W: int) -> int:
+    """The state index of a (row, col) pair on an H x W grid; no wrap-around of negatives."""
+    try:
+        r, c = cell
+    except (TypeError, ValueError):
+        raise V.QuasirlValueError(f"{name} must be a (row, col) pair, got {cell!r}") from None
+    for v in (r, c):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise V.QuasirlValueError(f"{name} must be a pair of integers, got {cell!r}")
+    if not (0 <= r < H and 0 <= c < W):
+        raise V.QuasirlValueError(
+            f"{name} = {(int(r), int(c))} lies off the {H} x {W} grid (rows 0..{H - 1}, "
+            f"columns 0..{W - 1}; negative indices do not wrap)"
+        )
+    return int(r) * W + int(c)
+
+
 def _parse_layout(layout: str):
     rows = [r.strip() for r in layout.strip().splitlines() if r.strip()]
     width = len(rows[0])
@@ -102,7 +119,7 @@ def gridworld(height: int | None = None, width: int | None = None, *, layout: st
             )
         grid = np.full((height, width), ".")
         g = (height - 1, width - 1) if goal is None else goal
-        grid[g] = "G"
+        grid.flat[_cell("goal", g, height, width)] = "G"
         rewards = {"G": goal_reward}
     if not 0 <= slip < 1:
         raise V.QuasirlValueError(f"slip must lie in [0, 1), got {slip}")
@@ -140,7 +157,7 @@ def gridworld(height: int | None = None, width: int | None = None, *, layout: st
         st = np.flatnonzero(flat == "S")
         start_idx = int(st[0]) if st.size else 0
     else:
-        start_idx = int(start[0]) * W + int(start[1])
+        start_idx = _cell("start", start, H, W)
     if wall[start_idx]:
         raise V.QuasirlValueError(f"start cell {divmod(start_idx, W)} is a wall")
     dt = dtype or jnp.result_type(float)
@@ -160,6 +177,9 @@ def random_mdp(key, S: int, A: int, branching: int = 2, reward_scale: float = 1.
                dtype=None) -> MDP:
     """A random MDP: each (s, a) has ``branching`` distinct successors with Dirichlet(1)
     probabilities and N(0, reward_scale^2) rewards. ``key`` is a JAX PRNG key."""
+    for name, v in (("S", S), ("A", A), ("branching", branching)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise V.QuasirlValueError(f"{name} must be an integer >= 1, got {v!r}")
     if not 1 <= branching <= S:
         raise V.QuasirlValueError(f"branching must lie in [1, S={S}], got {branching}")
     # numpy's generator seeded by the key's bits: the same key gives the same MDP, and there

@@ -11,12 +11,17 @@ import numpy as np
 from . import _validate as V
 from ._mdp import MDP
 from ._paths_dp import path_flow
-from ._paths_graph import gather_ranges, layers, problem
+from ._paths_graph import gather_ranges, problem
 
 __all__ = ["unrolled_graph"]
 
 
-def unrolled_graph(mdp: MDP, horizon: int, T=None):
+# networkx holds ~1 KB per edge with its attributes: a million edges is about a gigabyte and a
+# minute of Python
+MAX_EDGES = 1_000_000
+
+
+def unrolled_graph(mdp: MDP, horizon: int, T=None, *, max_edges: int = MAX_EDGES):
     """The time-unrolled graph as a networkx ``MultiDiGraph`` (a subclass of ``DiGraph``).
 
     Nodes are (t, s) for the states s reachable with positive weight at step t (node attributes
@@ -27,12 +32,27 @@ def unrolled_graph(mdp: MDP, horizon: int, T=None):
     With a scalar ``T`` each edge also gets ``flow``, the tempered probability that a path uses
     it (:func:`quasirl.paths.path_flow`), and each node ``flow`` (its tempered occupation).
     Built edge by edge in Python: meant for small graphs (drawing, networkx algorithms); the
-    dynamic-programming functions are the route for large ones.
+    dynamic-programming functions are the route for large ones: a graph of more than
+    ``max_edges`` edges (default one million, about 1 GB) is refused before it is built.
     """
     import networkx as nx
 
     horizon = V.check_horizon(horizon)
+    max_edges = V.check_horizon(max_edges, "max_edges")
     edges = problem(mdp, horizon)
+    # the layers, counting edges as they come: a huge graph is refused early
+    reach = [np.flatnonzero(edges.log_init > -np.inf)]
+    n_edges = 0
+    for t in range(horizon):
+        idx, _ = gather_ranges(edges.indptr, reach[t])
+        n_edges += idx.size
+        if n_edges > max_edges:
+            raise V.QuasirlValueError(
+                f"unrolled_graph: the graph has more than max_edges = {max_edges:,} edges "
+                f"(reached by step {t + 1} of horizon {horizon}; networkx needs ~1 KB per "
+                f"edge); use the dynamic-programming functions (quasirl.paths.path_flow, "
+                f"quasirl.occupancy) or raise max_edges")
+        reach.append(np.unique(edges.dst[idx]))
     pol = np.asarray(mdp.policy, dtype=np.float64)
     flows = None
     if T is not None:
@@ -41,7 +61,6 @@ def unrolled_graph(mdp: MDP, horizon: int, T=None):
             raise V.QuasirlValueError("unrolled_graph takes a scalar T (or None)")
         flows = np.asarray(path_flow(mdp, T, horizon), dtype=np.float64)
     G = nx.MultiDiGraph(horizon=horizon)
-    reach = layers(edges, horizon)
     st = edges.states
     init = np.exp(edges.log_init)
     for s in reach[0]:

@@ -42,6 +42,55 @@ __all__ = [
     "route_policy",
 ]
 
+# Memory of the route chain. The off-route sink is entered from every route state, so the
+# padded reverse lists (``MDP.pred``) have J = L (A - 1) + A columns and (L + 2) J entries:
+# quadratic in L. Bytes per entry: the table and its JAX copy while building (8), the pull
+# tables of a sweep (src, log w, r: 20, rounded up), and, per grid point evaluated at once (a
+# vmapped chunk), the terms of one step (~55 measured as peak RSS at L = 100..400 with 4..405
+# points per chunk, rounded up).
+_BUILD_BYTES = 8
+_SWEEP_BYTES = 32
+_POINT_BYTES = 64
+
+
+def route_memory(L: int, n_actions: int = 2, points: int = 0) -> int:
+    """Estimated peak bytes of :func:`route_chain` alone (``points`` = 0) or of a phase-diagram
+    sweep over it that evaluates ``points`` grid points at once (rough: within ~2x)."""
+    entries = (L + 2) * (L * (n_actions - 1) + n_actions)
+    per = _BUILD_BYTES + (_SWEEP_BYTES + _POINT_BYTES * points if points else 0)
+    return entries * per
+
+
+def _points_at_once(n_points: int, sweep_kw: dict) -> int:
+    """How many grid points :func:`quasirl.phase.sweep` evaluates at once in this process
+    (0 when they run on a remote Dask cluster, whose memory is not this machine's)."""
+    from ._phase_sweep import default_chunk_size
+
+    chunk = sweep_kw.get("chunk_size")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        chunk = default_chunk_size(n_points)  # (a bad chunk_size is refused by sweep)
+    chunk = min(chunk, n_points)
+    backend, scheduler = sweep_kw.get("backend", "auto"), sweep_kw.get("scheduler")
+    if scheduler is not None and scheduler != "local":
+        return 0
+    if backend == "loop":
+        return 1
+    if backend == "dask" or scheduler == "local":
+        workers = sweep_kw.get("n_workers", 1) * sweep_kw.get("threads_per_worker", 2)
+        return chunk * workers if isinstance(workers, int) else chunk
+    return chunk
+
+
+def check_phase_memory(L: int, n_points: int, n_actions: int = 2, sweep_kw=None,
+                       option: str = "L") -> None:
+    """Refuse up front (:func:`quasirl._validate.check_memory`, naming ``option``) an MDP phase
+    diagram on a route of length L over ``n_points`` grid points, swept with ``sweep_kw``, that
+    would not fit in memory."""
+    points = _points_at_once(n_points, dict(sweep_kw or {}))
+    V.check_memory(option, route_memory(L, n_actions, points),
+                   f"the MDP phase diagram at L = {L:,} (route-chain tables of (L+2) x "
+                   f"(L(A-1)+A) entries, {points:,} grid points at once)")
+
 
 def _check_L(L, name="L"):
     L = V.check_horizon(L, name)
@@ -96,6 +145,8 @@ def route_chain(L: int, delta_r: float = 1.0, mu: float = 0.1, n_actions: int = 
     V.check_finite("delta_r", delta_r)
     if not delta_r > 0:
         raise V.QuasirlValueError(f"delta_r must be > 0, got {delta_r}")
+    V.check_memory("L", route_memory(L, A),
+                   f"route_chain(L={L:,}) (reverse lists of (L+2) x (L(A-1)+A) entries)")
     S = L + 2
     goal, off = L, L + 1
     nxt = np.empty((S, A), dtype=np.int32)
@@ -157,6 +208,9 @@ def mdp_phase_diagram(T, mu, L: int = 20, delta_r: float = 1.0, n_actions: int =
       mass_theory[mu, T] the closed form P*(T, mu) (module docstring)
       T_boundary[mu]     numeric boundary: where mass crosses ``level`` (interpolated in log T)
       T_c[mu]            prediction delta_r / (-L ln(1 - mu));  T_exact[mu] exact crossing
+
+    Memory grows as L^2 times the grid points evaluated at once (:func:`route_memory`): a
+    diagram that would need more than half of this machine's memory is refused up front.
     """
     from ._dynamics import evolve
     from ._phase_geometry import boundary_curve
@@ -171,6 +225,7 @@ def mdp_phase_diagram(T, mu, L: int = 20, delta_r: float = 1.0, n_actions: int =
     _check_mu(np.asarray(mu, dtype=float))
     if not 0 < level < 1:
         raise V.QuasirlValueError(f"level must lie in (0, 1), got {level}")
+    check_phase_memory(L, T_arr.shape[0] * np.size(mu), A, sweep_kw)
     # The sweep ships fn to Dask workers by pickling: carry the MDP's arrays as numpy (a worker
     # unpickles JAX arrays before it enters the client's precision), not the object.
     leaves = [np.asarray(x) for x in route_chain(L, delta_r, 0.0, A).tree_flatten()[0]]

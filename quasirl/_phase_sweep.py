@@ -9,20 +9,36 @@ C order and cut into chunks of ``chunk_size`` consecutive points. Each chunk is 
   an existing scheduler given by its address (``"tcp://host:port"``) or a ``Client``.
 
 With ``store=<folder>`` each finished chunk is written at once to its own netCDF file (netCDF-4
-via h5netcdf when h5py is installed, else netCDF-3 via scipy; written to a temporary name and
-renamed, so a killed sweep never leaves a half-written
-chunk). Running the same sweep again with the same store loads the finished chunks and computes
-only the missing ones; ``result.nc`` holds the assembled Dataset once every chunk is done.
+via h5netcdf when h5py is installed, else netCDF-3 via scipy). Running the same sweep again with
+the same store loads the finished chunks and computes only the missing ones; ``result.nc`` holds
+the assembled Dataset once every chunk is done. Nothing half-written or corrupt is ever used:
+
+* every file is written to a temporary name (``.<name>.<host>-<pid>-<random>.tmp``), flushed to
+  disk and renamed, so a killed sweep leaves either the whole file or none;
+* temporary files left by a killed writer (its process gone, or older than a day when written
+  from another host, or of the unnamed form of quasirl before issue 15) are removed when the
+  store is opened again;
+* every chunk (and ``result.nc``) carries the sha256 of its variables in the netCDF attribute
+  ``quasirl_sha256``; a chunk that does not verify (flipped bits, a truncated or unreadable
+  file) is recomputed with a ``RuntimeWarning`` naming the file. Chunks written before the
+  checksums existed cannot be verified and are recomputed the same way (once: the rewritten
+  chunk carries one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import numbers
 import os
+import re
+import socket
+import sys
+import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -37,6 +53,10 @@ BACKENDS = ("auto", "vmap", "loop", "dask")
 STORE_FORMAT = "quasirl-sweep/1"
 MANIFEST = "sweep.json"
 RESULT = "result.nc"
+CHECKSUM_ATTR = "quasirl_sha256"
+# A temporary file written from another host is taken for stale after this long (its writer's
+# process cannot be looked up from here).
+STALE_FOREIGN_TMP_S = 24 * 3600.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,6 +109,11 @@ def _as_outputs(result, name: str) -> dict:
             raise QuasirlValueError("fn returned an empty mapping")
         return {str(k): v for k, v in result.items()}
     return {name: result}
+
+
+def default_chunk_size(n_points: int) -> int:
+    """Points per chunk when none is given: ceil(N / 8), between 1 and 1024."""
+    return max(1, min(1024, math.ceil(n_points / 8)))
 
 
 def _call(fn, kw):
@@ -195,6 +220,7 @@ def _open_store(store, manifest) -> Path:
     if path.exists() and not path.is_dir():
         raise QuasirlValueError(f"store must be a folder, but {str(path)!r} is a file")
     path.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
     mpath = path / MANIFEST
     if mpath.exists():
         try:
@@ -217,10 +243,147 @@ def _short(x, n=80) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+# --------------------------------------------------------------------------------------------
+# atomic writes, stale temporary files, checksums
+# --------------------------------------------------------------------------------------------
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# .<final name>.<host>-<pid>-<random>.tmp, and the unnamed .<final name>.<hex>.tmp of old
+_TMP = re.compile(r"^\.(?P<final>.+?)\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-)?[0-9a-f]+\.tmp$")
+
+
+def _tmp_path(final: Path) -> Path:
+    """A temporary name next to ``final`` that says which host and process writes it."""
+    return final.with_name(f".{final.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists under another user, or cannot be asked
+        return True
+    return True
+
+
+def _is_stale(p: Path) -> bool:
+    m = _TMP.match(p.name)
+    if m is None:
+        return False
+    final = m["final"]
+    if not (final in (MANIFEST, RESULT) or re.fullmatch(r"chunk-\d{6}\.nc", final)):
+        return False  # not a file of this store: leave it alone
+    if m["pid"] is None:  # written by a quasirl without writer names: no writer can be running
+        return True
+    if m["host"] == _HOST:
+        return not _pid_alive(int(m["pid"]))
+    try:
+        return time.time() - p.stat().st_mtime > STALE_FOREIGN_TMP_S
+    except FileNotFoundError:
+        return False
+
+
+def _remove_stale_tmp(store: Path) -> None:
+    """Delete the temporary files a killed writer left in the store (never read, only litter;
+    a live writer's, on this host or written from another within a day, are kept)."""
+    for p in store.glob(".*.tmp"):
+        if _is_stale(p):
+            p.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)  # (Windows cannot flush a read-only descriptor)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Flush ``tmp`` to disk, then rename it to ``final`` (atomic on POSIX and Windows): after
+    a crash ``final`` is the whole new file or the old one (a rename lost with the power is a
+    chunk computed again)."""
+    _fsync(tmp)
+    os.replace(tmp, final)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text)
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _canonical_bytes(a) -> bytes:
+    """The values of an array as bytes that survive a netCDF round trip unchanged: integers as
+    little-endian int64 and reals as float64 (netCDF-3 narrows int64 and is big-endian), booleans
+    as uint8, every NaN as the one quiet NaN, strings as UTF-8 joined by NUL."""
+    a = np.asarray(a)
+    k = a.dtype.kind
+    if k in "USO":
+        return "\0".join(str(x) for x in a.ravel().tolist()).encode()
+    if k == "b":
+        a = a.astype(np.uint8)
+    elif k in "iu":
+        a = a.astype("<i8")
+    elif k == "f":
+        a = a.astype("<f8")
+        a = np.where(np.isnan(a), np.nan, a)
+    elif k == "c":
+        a = a.astype("<c16")
+        a = np.where(np.isnan(a), complex(np.nan, np.nan), a)
+    return np.ascontiguousarray(a).tobytes()
+
+
+def checksum(ds) -> str:
+    """sha256 over every variable of ``ds`` (name, dims, shape, values; attrs excluded)."""
+    h = hashlib.sha256()
+    for name in sorted(ds.variables):
+        v = ds.variables[name]
+        head = json.dumps([str(name), list(map(str, v.dims)), list(v.shape), v.dtype.kind])
+        h.update(head.encode())
+        data = _canonical_bytes(v.values)
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
+def _write_netcdf(ds, final: Path) -> None:
+    """``ds`` with its checksum attribute, written atomically to ``final``."""
+    ds = ds.copy(deep=False)
+    ds.attrs[CHECKSUM_ATTR] = checksum(ds)
+    tmp = _tmp_path(final)
+    try:
+        ds.to_netcdf(tmp, engine=netcdf_engine())
+        _commit(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_checked(path: Path):
+    """(Dataset, None) when the netCDF file at ``path`` verifies, else (None, why not)."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path) as ds:
+            ds = ds.load()
+    except Exception as exc:  # any failure to read (truncated, garbage) means: do not use it
+        return None, f"unreadable ({type(exc).__name__}: {exc})".splitlines()[0]
+    stored = ds.attrs.get(CHECKSUM_ATTR)
+    if stored is None:
+        return None, "it has no checksum (written before quasirl checked its stores)"
+    if stored != checksum(ds):
+        return None, "its checksum does not match its contents (corrupt)"
+    return ds, None
+
+
+def verify(path) -> str | None:
+    """Why the chunk or result file at ``path`` cannot be trusted; None when it verifies."""
+    return _load_checked(Path(path))[1]
 
 
 def netcdf_engine() -> str:
@@ -243,26 +406,23 @@ def _write_chunk(store: Path, c: int, start: int, out: dict) -> None:
         dims = ("point", *(f"{k}_dim{j}" for j in range(v.ndim - 1)))
         data[k] = (dims, v)
     ds = xr.Dataset(data, coords={"point": np.arange(start, start + n)})
-    final = _chunk_path(store, c)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    ds.to_netcdf(tmp, engine=netcdf_engine())
-    os.replace(tmp, final)
+    _write_netcdf(ds, _chunk_path(store, c))
 
 
 def _read_chunk(store: Path, c: int, start: int, stop: int) -> dict | None:
-    """A finished chunk's outputs, or None when it is missing or unreadable."""
-    import xarray as xr
-
+    """A finished chunk's outputs, or None when it is missing; a chunk that cannot be trusted
+    (:func:`verify`) is None too, with a RuntimeWarning naming the file (it is recomputed)."""
     path = _chunk_path(store, c)
     if not path.exists():
         return None
-    try:
-        with xr.open_dataset(path) as ds:
-            ds = ds.load()
-    except (OSError, ValueError):
-        return None
-    pts = np.asarray(ds["point"])
-    if pts.size != stop - start or pts[0] != start:
+    ds, why = _load_checked(path)
+    if ds is not None:
+        pts = np.asarray(ds["point"])
+        if not np.array_equal(pts, np.arange(start, stop)):
+            why = f"it holds points {pts[:1]}..{pts[-1:]}, not [{start}]..[{stop - 1}]"
+    if why is not None:
+        warnings.warn(f"sweep store: {path} is not used: {why}; recomputing chunk {c}",
+                      RuntimeWarning, stacklevel=3)
         return None
     return {k: np.asarray(ds[k]) for k in ds.data_vars}
 
@@ -312,7 +472,7 @@ def _jax_x64() -> bool:
 # public entry point
 # --------------------------------------------------------------------------------------------
 def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=None,
-          store=None, chunk_size: int | None = None, progress: bool = True,
+          store=None, chunk_size: int | None = None, progress: bool | None = True,
           name: str = "value", tag: str | None = None, n_workers: int = 1,
           threads_per_worker: int = 2, **more_axes):
     """Evaluate ``fn(**point)`` on the Cartesian product of the axes -> ``xarray.Dataset``.
@@ -337,8 +497,12 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
       resume). The store records fn's qualified name, ``tag``, the axes and the chunk size, and
       refuses a different sweep. It cannot see inside fn: pass ``tag`` = a string naming what
       else fn depends on (the parameters a closure captures), and use a fresh folder after
-      editing fn's code.
-    chunk_size: points per chunk (default ceil(N / 8), at most 1024). progress: a tqdm bar.
+      editing fn's code. Every stored file carries a sha256 checksum: a chunk that fails it
+      (corrupt, truncated, or written before the checksums) is recomputed with a
+      RuntimeWarning naming the file, and the temporary files of a killed run are removed
+      when the store is opened (see the module docstring).
+    chunk_size: points per chunk (default ceil(N / 8), at most 1024). progress: a tqdm bar on
+    stderr (True), none (False), or one only when stderr is a terminal (None).
 
     Dask pickles fn (cloudpickle) even for the in-process cluster: module-level functions
     travel by reference (workers must be able to import them), closures by value, so let a
@@ -371,7 +535,7 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
     shape = tuple(len(v) for v in ax.values())
     N = math.prod(shape)
     if chunk_size is None:
-        chunk_size = max(1, min(1024, math.ceil(N / 8)))
+        chunk_size = default_chunk_size(N)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size < 1:
         raise QuasirlValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
@@ -402,7 +566,8 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
     loaded = len(results)
     todo = [c for c in range(n_chunks) if c not in results]
     bar = tqdm(total=N, initial=sum(bounds[c][1] - bounds[c][0] for c in results),
-               desc=f"sweep {name} [{backend}]", unit="pt", disable=not progress, leave=False)
+               desc=f"sweep {name} [{backend}]", unit="pt", leave=False, file=sys.stderr,
+               disable=None if progress is None else not progress)
 
     def finish(c, out):
         results[c] = out
@@ -439,9 +604,7 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
     ds.attrs.update(backend=backend, chunk_size=chunk_size, n_chunks=n_chunks,
                     chunks_computed=len(todo), chunks_loaded=loaded, fn=_fn_id(fn))
     if root is not None:
-        tmp = root / f".{RESULT}.{uuid.uuid4().hex}.tmp"
-        ds.to_netcdf(tmp, engine=netcdf_engine())
-        os.replace(tmp, root / RESULT)
+        _write_netcdf(ds, root / RESULT)
     return ds
 
 

@@ -33,6 +33,7 @@ they are traced arguments and can be vmapped; a plain Python callable is wrapped
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from functools import partial
 from typing import Any, NamedTuple
@@ -42,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._validate import QuasirlValueError, is_concrete
+from ._validate import QuasirlValueError, check_real, is_concrete
 
 __all__ = [
     "Affine",
@@ -88,10 +89,12 @@ def _float(x):
 def _check_unit(name: str, x, *, positive: bool = False):
     """x: number or array of numbers in [0, 1] ((0, 1] if ``positive``); returns a float array."""
     if not is_concrete(x):
+        check_real(name, x)
         return _float(x)
     a = np.asarray(x)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
         raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {x!r}")
+    check_real(name, a)  # complex: refused, not cast
     if a.size == 0:
         raise QuasirlValueError(f"{name} must not be empty")
     af = a.astype(np.float64)
@@ -102,6 +105,94 @@ def _check_unit(name: str, x, *, positive: bool = False):
         interval = "(0, 1]" if positive else "[0, 1]"
         raise QuasirlValueError(f"{name} must lie in {interval}, but {name}{where} = {value!r}")
     return _float(x)
+
+
+def _check_broadcast(*named) -> tuple:
+    """``named``: (name, array) pairs whose shapes must broadcast together; their common shape.
+
+    Pairwise compatibility implies joint compatibility, so the first pair that fails names the
+    culprits (instead of numpy's or JAX's list of anonymous shapes)."""
+    shapes = [(n, tuple(np.shape(x))) for n, x in named]
+    try:
+        return np.broadcast_shapes(*[sh for _, sh in shapes])
+    except ValueError:
+        pass
+    for (n1, s1), (n2, s2) in itertools.combinations(shapes, 2):
+        try:
+            np.broadcast_shapes(s1, s2)
+        except ValueError:
+            raise QuasirlValueError(
+                f"{n1} and {n2} must have shapes that broadcast together, but {n1} has shape "
+                f"{s1} and {n2} has shape {s2}") from None
+    raise AssertionError("unreachable: pairwise broadcastable shapes broadcast jointly")
+
+
+def _map_params(g) -> list:
+    """(name, value) for the parameters of a built-in adaptation map (g.lam, ...)."""
+    if isinstance(g, Affine | Imitation | Mutation):
+        return [(f"g.{k}", v) for k, v in zip(g._fields, g, strict=True)]
+    return []
+
+
+def _check_key(key, name: str = "key") -> None:
+    if isinstance(key, jax.core.Tracer):
+        return
+    if not (isinstance(key, jax.Array) and (
+            (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
+            or (key.dtype == jnp.uint32 and key.shape == (2,)))):
+        raise QuasirlValueError(f"{name} must be a jax.random key (one key), got {key!r}")
+
+
+def _range_tol(dtype) -> float:
+    """Rounding allowed outside [0, 1] for an error rate computed in ``dtype``."""
+    return 16 * float(jnp.finfo(dtype).eps)
+
+
+def _map_name(g) -> str:
+    f = g.func if isinstance(g, jax.tree_util.Partial) else g
+    return getattr(f, "__qualname__", None) or repr(f)
+
+
+def _where(index) -> str:
+    return f" at index {[int(i) for i in index]}" if len(index) else ""
+
+
+def _check_trajectory(traj, g) -> None:
+    """Every eps_n (n >= 1) of a trajectory [..., rounds+1] must be an error rate, in [0, 1]:
+    else name the map, the first round that left [0, 1] and the batch index."""
+    if not is_concrete(traj):
+        return
+    t = np.asarray(traj)
+    tol = _range_tol(t.dtype)
+    later = t[..., 1:]
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(later) | (later < -tol) | (later > 1 + tol)
+    if not bad.any():
+        return
+    rounds = np.where(bad.any(axis=-1), np.argmax(bad, axis=-1), bad.shape[-1])
+    idx = np.unravel_index(np.argmin(rounds), rounds.shape) if rounds.ndim else ()
+    n = int(rounds[idx]) + 1
+    raise QuasirlValueError(
+        f"g must map [0, 1] into [0, 1] (it returns the next error rate), but in round {n} "
+        f"g = {_map_name(g)} returned eps_{n} = {t[idx + (n,)].item()!r} (from eps_{n - 1} = "
+        f"{t[idx + (n - 1,)].item()!r}){_where(idx)}")
+
+
+def _check_affine_range(g) -> None:
+    """An affine map must send [0, 1] into [0, 1]: g(0) = a and g(1) = a + b both in it."""
+    params = _map_params(g)
+    _check_broadcast(*params)
+    if not params or not is_concrete(g):
+        return
+    a, b = (np.asarray(x, np.float64) for x in g.affine)
+    tol = _range_tol(jnp.result_type(*[jnp.asarray(v).dtype for _, v in params]))
+    for w, val in ((0, a), (1, a + b)):
+        bad = ~np.isfinite(val) | (val < -tol) | (val > 1 + tol)
+        if bad.any():
+            i = tuple(np.argwhere(bad)[0]) if val.ndim else ()
+            raise QuasirlValueError(
+                f"g must map [0, 1] into [0, 1] (it returns the next error rate), but "
+                f"{g!r} gives g({w}) = {float(val[i])!r}{_where(i)}")
 
 
 def _check_count(name: str, n, minimum: int = 0) -> int:
@@ -137,6 +228,7 @@ def acceptance_rate(eps, tpr, fpr):
 
     eps, tpr, fpr: error rate and evaluator rates in [0, 1], numbers or arrays (broadcast).
     """
+    _check_broadcast(("eps", eps), ("tpr", tpr), ("fpr", fpr))
     return _acceptance(_check_unit("eps", eps), _check_unit("tpr", tpr), _check_unit("fpr", fpr))
 
 
@@ -145,6 +237,7 @@ def wrong_fraction(eps, tpr, fpr):
 
     Where nothing is accepted (A = 0) the buffer is empty and w = eps by convention.
     """
+    _check_broadcast(("eps", eps), ("tpr", tpr), ("fpr", fpr))
     return _wrong(_check_unit("eps", eps), _check_unit("tpr", tpr), _check_unit("fpr", fpr))
 
 
@@ -188,6 +281,7 @@ def boost(eps0, tpr, fpr, rounds: int):
     DESIGN.md "Boosting recurrence"); see :func:`boost_closed_form` for the solution.
     """
     rounds = _check_count("rounds", rounds)
+    _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr))
     return _boost(_check_unit("eps0", eps0), _check_unit("tpr", tpr), _check_unit("fpr", fpr),
                   rounds)
 
@@ -220,6 +314,7 @@ def boost_closed_form(eps0, tpr, fpr, rounds: int):
     (eps0 / (1 - eps0)) (FPR / TPR)^n; eps0 in {0, 1} and TPR = FPR = 0 stay put.
     """
     rounds = _check_count("rounds", rounds)
+    _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr))
     return _boost_closed(_check_unit("eps0", eps0), _check_unit("tpr", tpr),
                          _check_unit("fpr", fpr), rounds)
 
@@ -295,6 +390,7 @@ def partial_imitation(eps0, lam) -> Imitation:
     bridge measures it; lam = 1 is the ideal learner, lam = 0 ignores the buffer). Both may be
     arrays (the result is a pytree, so it can be vmapped over).
     """
+    _check_broadcast(("eps0", eps0), ("lam", lam))
     return Imitation(_check_unit("eps0", eps0), _check_unit("lam", lam))
 
 
@@ -305,6 +401,7 @@ def intrinsic_error(mu, nu=0.0) -> Mutation:
     (default 0, one-way mutation as in Eigen's single-peak model). g(w) = w(1-nu) + (1-w)mu.
     With selection fitness (TPR, FPR) this is Eigen's x' = Q diag(f) x / f.x for two types.
     """
+    _check_broadcast(("mu", mu), ("nu", nu))
     mu = _check_unit("mu", mu)
     nu = _check_unit("nu", nu)
     if is_concrete(mu, nu):
@@ -321,7 +418,10 @@ def _as_map(g):
     """An adaptation map as a pytree (NamedTuple maps pass through; callables get wrapped)."""
     if g is None:
         return ideal()
-    if isinstance(g, Affine | Imitation | Mutation | jax.tree_util.Partial):
+    if isinstance(g, Affine | Imitation | Mutation):
+        _check_affine_range(g)
+        return g
+    if isinstance(g, jax.tree_util.Partial):
         return g
     if callable(g):
         return jax.tree_util.Partial(g)
@@ -343,7 +443,12 @@ def _affine_parts(g):
 def step_map(eps, tpr, fpr, g=None):
     """One round of the loop, h(eps) = g(w(eps)); g = None is the ideal learner."""
     g = _as_map(g)
-    return g(_wrong(_check_unit("eps", eps), _check_unit("tpr", tpr), _check_unit("fpr", fpr)))
+    _check_broadcast(("eps", eps), ("tpr", tpr), ("fpr", fpr), *_map_params(g))
+    eps = _check_unit("eps", eps)
+    out = g(_wrong(eps, _check_unit("tpr", tpr), _check_unit("fpr", fpr)))
+    if is_concrete(out, eps):
+        _check_trajectory(jnp.stack(jnp.broadcast_arrays(eps, _float(out)), axis=-1), g)
+    return out
 
 
 @partial(jax.jit, static_argnames="rounds")
@@ -361,11 +466,18 @@ def adapt_trajectory(eps0, tpr, fpr, g, rounds: int):
 
     g: adaptation map (see :func:`partial_imitation`, :func:`intrinsic_error`, :func:`ideal`, or
     any callable w -> eps mapping [0, 1] into [0, 1]); w_n = wrong_fraction(eps_n, TPR, FPR).
-    Leading axes broadcast over eps0, tpr, fpr and the map's parameters.
+    Leading axes broadcast over eps0, tpr, fpr and the map's parameters (shapes that do not
+    broadcast are named). A map that leaves [0, 1] (beyond rounding) or returns NaN raises a
+    QuasirlValueError naming the round, the value and the batch index (concrete input only).
     """
     rounds = _check_count("rounds", rounds)
-    return _adapt(_check_unit("eps0", eps0), _check_unit("tpr", tpr), _check_unit("fpr", fpr),
-                  _kernel_map(g), rounds)
+    g = _as_map(g)
+    _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr), *_map_params(g))
+    g = _kernel_map(g)
+    traj = _adapt(_check_unit("eps0", eps0), _check_unit("tpr", tpr), _check_unit("fpr", fpr),
+                  g, rounds)
+    _check_trajectory(traj, g)
+    return traj
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,7 +565,16 @@ def _fixed_numeric(tpr, fpr, g, grid: int):
     t, r = float(tpr), float(fpr)
     h = jax.jit(lambda e: g(_wrong(e, t, r)))
     x = np.linspace(0.0, 1.0, grid)
-    f = np.asarray(h(jnp.asarray(x))) - x
+    hx = np.asarray(h(jnp.asarray(x)))
+    tol = _range_tol(hx.dtype)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(hx) | (hx < -tol) | (hx > 1 + tol)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise QuasirlValueError(
+            f"g must map [0, 1] into [0, 1] (it returns the next error rate), but one round "
+            f"from eps = {float(x[i])!r} gives g = {_map_name(g)} -> {hx[i].item()!r}")
+    f = hx - x
     roots = list(x[f == 0])
     sign_change = np.flatnonzero(np.sign(f[:-1]) * np.sign(f[1:]) < 0)
     lo, hi = jnp.asarray(x[sign_change]), jnp.asarray(x[sign_change + 1])
@@ -486,8 +607,9 @@ def fixed_points(tpr, fpr, g=None, *, grid: int = 4097) -> FixedPoints:
     by bisection, slopes by autodiff; values [k].
     For the ideal learner 0 is stable iff FPR < TPR (slope FPR / TPR) and 1 iff FPR > TPR.
     """
-    tpr, fpr = _check_unit("tpr", tpr), _check_unit("fpr", fpr)
     g = _as_map(g)
+    _check_broadcast(("tpr", tpr), ("fpr", fpr), *_map_params(g))
+    tpr, fpr = _check_unit("tpr", tpr), _check_unit("fpr", fpr)
     parts = _affine_parts(g)
     if parts is not None:
         return _fixed_affine(*parts, tpr, fpr)
@@ -502,15 +624,19 @@ def stability(eps, tpr, fpr, g=None):
     Computed by forward-mode autodiff of the map, so it applies to any differentiable g.
     For the ideal learner h'(0) = FPR / TPR and h'(1) = TPR / FPR.
     """
+    g = _as_map(g)
+    _check_broadcast(("eps", eps), ("tpr", tpr), ("fpr", fpr), *_map_params(g))
     eps, tpr, fpr = _check_unit("eps", eps), _check_unit("tpr", tpr), _check_unit("fpr", fpr)
-    return _stability(eps, tpr, fpr, _kernel_map(g))
+    h, dh = _stability(eps, tpr, fpr, _kernel_map(g))
+    if is_concrete(h, eps):
+        _check_trajectory(jnp.stack(jnp.broadcast_arrays(eps, h), axis=-1), g)
+    return dh
 
 
 @jax.jit
 def _stability(eps, tpr, fpr, g):
     eps, tpr, fpr = _bcast(eps, tpr, fpr)
-    _, dh = jax.jvp(lambda e: g(_wrong(e, tpr, fpr)), (eps,), (jnp.ones_like(eps),))
-    return dh
+    return jax.jvp(lambda e: g(_wrong(e, tpr, fpr)), (eps,), (jnp.ones_like(eps),))
 
 
 @jax.jit
@@ -548,7 +674,20 @@ def _limit_iterate(eps0, tpr, fpr, g, rounds):
     shape = jnp.broadcast_shapes(eps0.shape, jax.eval_shape(h, eps0).shape)
     e = jnp.broadcast_to(eps0, shape)
     tpr, fpr = jnp.broadcast_to(tpr, shape), jnp.broadcast_to(fpr, shape)
-    return lax.fori_loop(0, rounds, lambda _, e: g(_wrong(e, tpr, fpr)), e)
+    tol = _range_tol(e.dtype)
+
+    # also keep the first round whose eps left [0, 1] (and its value and predecessor), so
+    # that a map that leaves [0, 1] is reported instead of iterated to a meaningless limit
+    def body(n, c):
+        e, bad_n, bad_v, bad_prev = c
+        e1 = g(_wrong(e, tpr, fpr)).astype(e.dtype)
+        out = ~jnp.isfinite(e1) | (e1 < -tol) | (e1 > 1 + tol)
+        first = out & (bad_n < 0)
+        return (e1, jnp.where(first, n + 1, bad_n), jnp.where(first, e1, bad_v),
+                jnp.where(first, e, bad_prev))
+
+    init = (e, jnp.full(shape, -1, jnp.int32), jnp.zeros_like(e), jnp.zeros_like(e))
+    return lax.fori_loop(0, rounds, body, init)
 
 
 def limit_error(eps0, tpr, fpr, g=None, *, rounds: int | None = None):
@@ -559,14 +698,26 @@ def limit_error(eps0, tpr, fpr, g=None, *, rounds: int | None = None):
     of h(eps0) - eps0. Otherwise the map is iterated ``rounds`` times (default 10_000).
     The ideal learner gives 0 for FPR < TPR, eps0 for FPR = TPR and 1 for FPR > TPR.
     """
+    g = _as_map(g)
+    _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr), *_map_params(g))
     eps0 = _check_unit("eps0", eps0)
     tpr, fpr = _check_unit("tpr", tpr), _check_unit("fpr", fpr)
-    g = _as_map(g)
     parts = _affine_parts(g)
     if parts is not None and rounds is None:
         return _limit_affine(eps0, *parts, tpr, fpr)
     rounds = 10_000 if rounds is None else _check_count("rounds", rounds)
-    return _limit_iterate(eps0, tpr, fpr, _kernel_map(g), rounds)
+    e, bad_n, bad_v, bad_prev = _limit_iterate(eps0, tpr, fpr, _kernel_map(g), rounds)
+    if is_concrete(bad_n):
+        bn = np.asarray(bad_n)
+        if (bn >= 0).any():
+            rounds_ = np.where(bn >= 0, bn, np.iinfo(np.int32).max)
+            i = np.unravel_index(np.argmin(rounds_), bn.shape) if bn.ndim else ()
+            n = int(bn[i])
+            raise QuasirlValueError(
+                f"g must map [0, 1] into [0, 1] (it returns the next error rate), but in round "
+                f"{n} g = {_map_name(g)} returned eps_{n} = {np.asarray(bad_v)[i].item()!r} "
+                f"(from eps_{n - 1} = {np.asarray(bad_prev)[i].item()!r}){_where(i)}")
+    return e
 
 
 def lowers_error(eps0, tpr, fpr, g=None):
@@ -575,6 +726,7 @@ def lowers_error(eps0, tpr, fpr, g=None):
     For an increasing map h = g o w the orbit is monotone, so this holds iff h(eps0) < eps0.
     With partial imitation (0 < lam, 0 < eps0 < 1) that is exactly FPR < TPR, whatever lam.
     """
+    _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr), *_map_params(_as_map(g)))
     eps0 = _check_unit("eps0", eps0)
     return step_map(eps0, tpr, fpr, g) < eps0
 
@@ -615,12 +767,14 @@ def _chain_one(key, eps0, tpr, fpr, g, rounds, batch, cap):
         fill = jnp.minimum(fill + n_acc, cap)
         n_wrong = jnp.sum(buf & (i < fill))
         w = jnp.where(fill > 0, n_wrong / jnp.maximum(fill, 1), eps)
-        eps_next = jnp.clip(g(w), 0.0, 1.0).astype(eps.dtype)
-        return (eps_next, buf, fill), (eps_next, w, n_acc / batch, fill)
+        raw = g(w).astype(eps.dtype)
+        # clip rounding only: a map that leaves [0, 1] is reported by simulate_chaining
+        eps_next = jnp.clip(raw, 0.0, 1.0)
+        return (eps_next, buf, fill), (eps_next, w, n_acc / batch, fill, raw)
 
     carry = (eps0, jnp.zeros(cap, bool), jnp.zeros((), jnp.int32))
-    _, (err, w, acc, fill) = lax.scan(step, carry, jax.random.split(key, rounds))
-    return ChainingRun(jnp.concatenate([eps0[None], err]), w, acc, fill)
+    _, (err, w, acc, fill, raw) = lax.scan(step, carry, jax.random.split(key, rounds))
+    return ChainingRun(jnp.concatenate([eps0[None], err]), w, acc, fill), raw
 
 
 @partial(jax.jit, static_argnames=("rounds", "batch", "cap", "seeds"))
@@ -652,20 +806,44 @@ def simulate_chaining(key, eps0, tpr, fpr, g=None, rounds: int = 10, batch: int 
         if v.ndim:
             raise QuasirlValueError(f"{n} must be a scalar for simulate_chaining, got shape "
                                     f"{v.shape} (vmap over calls to batch parameters)")
-    if not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                             or key.shape == (2,))):
-        raise QuasirlValueError(f"key must be a jax.random key, got {key!r}")
+    _check_key(key)
     g = _kernel_map(g)
     if any(jnp.ndim(leaf) for leaf in jax.tree_util.tree_leaves(g)):
         raise QuasirlValueError("the adaptation map's parameters must be scalars for "
                                 "simulate_chaining")
-    return _chain(key, vals["eps0"], vals["tpr"], vals["fpr"], g, rounds, batch, cap, seeds)
+    run, raw = _chain(key, vals["eps0"], vals["tpr"], vals["fpr"], g, rounds, batch, cap, seeds)
+    if is_concrete(raw):
+        r = np.asarray(raw)
+        tol = _range_tol(r.dtype)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(r) | (r < -tol) | (r > 1 + tol)
+        if bad.any():
+            first = np.where(bad.any(axis=1), np.argmax(bad, axis=1), rounds)
+            seed = int(np.argmin(first))
+            n = int(first[seed]) + 1
+            raise QuasirlValueError(
+                f"g must map [0, 1] into [0, 1] (it returns the next error rate), but in round "
+                f"{n} of seed {seed} g = {_map_name(g)} returned {r[seed, n - 1].item()!r} "
+                f"(from the buffer's wrong fraction "
+                f"{np.asarray(run.wrong_fraction)[seed, n - 1].item()!r})")
+    return run
 
 
 def band(x, level: float = 0.95, axis: int = 0):
     """Mean and central ``level`` quantile band across seeds: (mean, lo, hi) along ``axis``."""
-    if not 0 < level < 1:
+    lv = np.asarray(level)
+    real = np.issubdtype(lv.dtype, np.floating) or np.issubdtype(lv.dtype, np.integer)
+    if lv.ndim or not real or not 0 < lv < 1:
         raise QuasirlValueError(f"level must lie in (0, 1), got {level!r}")
+    if is_concrete(x):
+        a = np.asarray(x)
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise QuasirlValueError(f"x must be an array of numbers, got dtype {a.dtype}")
+        check_real("x", a)
     x = jnp.asarray(x)
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) \
+            or not -x.ndim <= axis < x.ndim:
+        raise QuasirlValueError(f"axis must be an integer in [-{x.ndim}, {x.ndim}) for x of "
+                                f"shape {x.shape}, got {axis!r}")
     q = jnp.quantile(x, jnp.asarray([(1 - level) / 2, (1 + level) / 2]), axis=axis)
     return jnp.mean(x, axis=axis), q[0], q[1]

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from . import _selection_boost as _b
-from ._validate import QuasirlValueError
+from ._validate import QuasirlValueError, check_real, is_concrete
 
 __all__ = [
     "Convexity",
@@ -46,8 +46,35 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # axes
 # --------------------------------------------------------------------------------------------
+def _reals(name: str, x) -> np.ndarray:
+    """x as a float64 array: numbers only (strings, objects and complex numbers refused)."""
+    a = np.asarray(x)
+    if a.dtype == object or a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        raise QuasirlValueError(f"{name} must be a number or an array of numbers, got "
+                                f"{f'dtype {a.dtype}' if a.ndim else repr(x)}")
+    check_real(name, a)
+    a = a.astype(np.float64)
+    if np.isnan(a).any():
+        i = tuple(np.argwhere(np.isnan(a))[0])
+        raise QuasirlValueError(f"{name} must not be NaN, but {name}{list(i) if i else ''} = nan")
+    return a
+
+
+def _scalar(name: str, x, lo: float, hi: float, *, open_lo=False, open_hi=False) -> float:
+    """A number in [lo, hi] (ends open where asked) as a float."""
+    a = _reals(name, x)
+    if a.ndim:
+        raise QuasirlValueError(f"{name} must be a number, got shape {a.shape}")
+    v = float(a)
+    if not (np.isfinite(v) and (lo < v if open_lo else lo <= v) and (v < hi if open_hi else
+                                                                        v <= hi)):
+        interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+        raise QuasirlValueError(f"{name} must lie in {interval}, got {v!r}")
+    return v
+
+
 def _axis(name: str, values, lo=None, hi=None) -> np.ndarray:
-    a = np.asarray(values, dtype=np.float64)
+    a = _reals(name, values)
     if a.ndim != 1 or a.size < 2:
         raise QuasirlValueError(f"{name} must be a 1-D array of at least 2 values, got shape "
                                 f"{a.shape}")
@@ -69,6 +96,8 @@ def _axis(name: str, values, lo=None, hi=None) -> np.ndarray:
 
 def selection_rates(selection):
     """(TPR, FPR) with log(TPR/FPR) = selection and max(TPR, FPR) = 1."""
+    if is_concrete(selection):
+        _reals("selection", selection)
     L = jnp.asarray(selection, dtype=jnp.result_type(float))
     return jnp.minimum(1.0, jnp.exp(L)), jnp.minimum(1.0, jnp.exp(-L))
 
@@ -98,9 +127,11 @@ def phase_diagram_rates(tpr, fpr, eps0, g=None, rounds: int | None = None) -> xr
     """
     t = _axis("tpr", tpr, 0.0, 1.0)
     f = _axis("fpr", fpr, 0.0, 1.0)
-    e0 = float(_b._check_unit("eps0", eps0))
-    if not 0 < e0 < 1:
-        raise QuasirlValueError(f"eps0 must lie in (0, 1) for a phase diagram, got {e0!r}")
+    e0 = _scalar("eps0", eps0, 0.0, 1.0, open_lo=True, open_hi=True)
+    for name, v in _b._map_params(_b._as_map(g)):
+        if np.ndim(v):
+            raise QuasirlValueError(f"{name} must be a scalar for a phase diagram (the plane "
+                                    f"is the grid), got shape {np.shape(v)}")
     T, F = np.meshgrid(t, f, indexing="ij")
     if rounds is None:
         err = _b.limit_error(e0, T, F, g)
@@ -123,9 +154,7 @@ def phase_diagram_imitation(selection, lam, eps0) -> xr.Dataset:
     """
     L = _axis("selection", selection)
     lam = _axis("lam", lam, 0.0, 1.0)
-    e0 = float(_b._check_unit("eps0", eps0))
-    if not 0 < e0 < 1:
-        raise QuasirlValueError(f"eps0 must lie in (0, 1) for a phase diagram, got {e0!r}")
+    e0 = _scalar("eps0", eps0, 0.0, 1.0, open_lo=True, open_hi=True)
     Lg, lg = np.meshgrid(L, lam, indexing="ij")
     t, f = selection_rates(Lg)
     err = np.asarray(_b.limit_error(e0, t, f, _b.partial_imitation(e0, lg)))
@@ -145,8 +174,8 @@ def phase_diagram_intrinsic(selection, mu, nu: float = 0.0, eps0: float = 0.5) -
     """
     L = _axis("selection", selection)
     mu = _axis("mu", mu, 0.0, 1.0)
-    nu = float(_b._check_unit("nu", nu))
-    e0 = float(_b._check_unit("eps0", eps0))
+    nu = _scalar("nu", nu, 0.0, 1.0)
+    e0 = _scalar("eps0", eps0, 0.0, 1.0)
     if e0 >= 1:
         raise QuasirlValueError(f"eps0 must be < 1 (1 is absorbing without back mutation), got "
                                 f"{e0!r}")
@@ -171,6 +200,11 @@ def rates_boundary(eps0: float, target: float, lam: float = 1.0, rounds: int | N
     c = odds(y) / odds(x) (NaN when lam <= 1 - target: unreachable). Ideal learner in the
     limit: c = 1 (every FPR < TPR drives the error to 0).
     """
+    eps0 = _scalar("eps0", eps0, 0.0, 1.0, open_lo=True, open_hi=True)
+    target = _scalar("target", target, 0.0, 1.0 / eps0, open_lo=True, open_hi=True)
+    lam = _scalar("lam", lam, 0.0, 1.0)
+    if rounds is not None:
+        rounds = _b._check_count("rounds", rounds, 1)
     x = target * eps0
     if lam >= 1:
         if rounds is None:
@@ -192,7 +226,13 @@ def imitation_boundary(lam, eps0: float, target: float):
     L(lam) = logit(x) - logit(y), y = eps0 (1 - (1 - target) / lam); +inf for lam <= 1 - target.
     For eps0 < 1/2, L is convex in lam (logit is concave increasing below 1/2, y concave).
     """
-    lam = np.asarray(lam, dtype=np.float64)
+    lam = _reals("lam", lam)
+    if ((lam < 0) | (lam > 1)).any():
+        i = tuple(np.argwhere((lam < 0) | (lam > 1))[0])
+        raise QuasirlValueError(f"lam must lie in [0, 1], but lam{list(i) if i else ''} = "
+                                f"{lam[i].item()!r}")
+    eps0 = _scalar("eps0", eps0, 0.0, 1.0, open_lo=True, open_hi=True)
+    target = _scalar("target", target, 0.0, 1.0 / eps0, open_lo=True, open_hi=True)
     x = target * eps0
     with np.errstate(divide="ignore", invalid="ignore"):
         y = eps0 * (1.0 - (1.0 - target) / lam)
@@ -202,7 +242,7 @@ def imitation_boundary(lam, eps0: float, target: float):
 
 def error_threshold(selection):
     """Error threshold of the two-type quasispecies (nu = 0): mu_c = 1 - FPR/TPR = 1 - e^-L."""
-    return -np.expm1(-np.asarray(selection, dtype=np.float64))
+    return -np.expm1(-_reals("selection", selection))
 
 
 def intrinsic_boundary(selection, target: float, nu: float = 0.0):
@@ -211,7 +251,9 @@ def intrinsic_boundary(selection, target: float, nu: float = 0.0):
     From target = mu + (1 - mu - nu) w(target): mu = (target - (1 - nu) w) / (1 - w), with
     w = target rho / (target rho + 1 - target), rho = e^-L. For nu = 0: mu = target (1 - e^-L).
     """
-    rho = np.exp(-np.asarray(selection, dtype=np.float64))
+    rho = np.exp(-_reals("selection", selection))
+    target = _scalar("target", target, 0.0, 1.0)
+    nu = _scalar("nu", nu, 0.0, 1.0)
     w = target * rho / (target * rho + 1.0 - target)
     return (target - (1.0 - nu) * w) / (1.0 - w)
 

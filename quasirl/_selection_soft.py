@@ -26,7 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from ._validate import QuasirlValueError, check_distribution, check_finite, is_concrete
+from ._selection_boost import _check_broadcast, _check_key
+from ._validate import (
+    QuasirlValueError,
+    check_distribution,
+    check_finite,
+    check_real,
+    is_concrete,
+)
 from .semiring import safe_log, smax, value_weight
 
 __all__ = [
@@ -52,6 +59,26 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
+# Best-of-N: N enters the law as a float (N log F), exact far beyond 2^63; this bound keeps N
+# finite in float32 with room to spare.
+MAX_BON_N = 10**30
+# sample_best_of_n draws samples * N indices at once.
+MAX_BON_DRAWS = 2**28
+
+
+def _numbers(name: str, x):
+    """Refuse strings, objects and complex numbers (concrete input); x as a numpy array."""
+    if not is_concrete(x):
+        check_real(name, x)
+        return None
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise QuasirlValueError(f"{name} must be a number or an array of numbers, got "
+                                f"{f'dtype {a.dtype}' if a.ndim else repr(x)}")
+    check_real(name, a)
+    return a
+
+
 def _float(x):
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -60,7 +87,7 @@ def _float(x):
 
 
 def _check_p(p, name: str = "p"):
-    if is_concrete(p):
+    if _numbers(name, p) is not None:
         a = np.asarray(p)
         if a.ndim < 1 or a.shape[-1] == 0:
             raise QuasirlValueError(f"{name} must be a non-empty distribution over the last axis, "
@@ -70,7 +97,7 @@ def _check_p(p, name: str = "p"):
 
 
 def _check_scores(name: str, x, p):
-    if is_concrete(x):
+    if _numbers(name, x) is not None:
         check_finite(name, x)
         if np.shape(x) != np.shape(p):
             raise QuasirlValueError(
@@ -88,7 +115,7 @@ def _check_positive_int(name: str, n) -> int:
 
 
 def _check_temp(name: str, T):
-    if is_concrete(T):
+    if _numbers(name, T) is not None:
         a = np.asarray(T)
         if a.ndim or not np.issubdtype(a.dtype, np.number) or not np.isfinite(a) or a < 0:
             raise QuasirlValueError(f"{name} must be a finite number >= 0, got {T!r}")
@@ -170,16 +197,26 @@ def repeated_tilt(p, r, T, k: int):
 
 
 def kl_divergence(q, p):
-    """KL(q || p) = sum q log(q / p) over the last axis (0 log 0 = 0; inf off p's support)."""
-    q, p = _float(q), _float(p)
+    """KL(q || p) = sum q log(q / p) over the last axis (0 log 0 = 0; inf off p's support).
+
+    q, p: distributions over the last axis (leading axes broadcast)."""
+    _check_broadcast(("q", q), ("p", p))
+    q, p = _check_p(q, "q"), _check_p(p)
     lq, lp = safe_log(q), safe_log(p)
     term = jnp.where(q > 0, q * (lq - jnp.where(p > 0, lp, -jnp.inf)), 0.0)
     return jnp.sum(term, axis=-1)
 
 
 def kl_regularised_objective(pi, p, r, beta):
-    """E_pi[r] - beta KL(pi || p): the KL-regularised RL objective of a policy pi."""
-    pi, p, r = _float(pi), _float(p), _float(r)
+    """E_pi[r] - beta KL(pi || p): the KL-regularised RL objective of a policy pi.
+
+    pi, p: distributions over the last axis; r: finite rewards; beta >= 0 (leading axes
+    broadcast)."""
+    _check_broadcast(("pi", pi), ("p", p), ("r", r))
+    if _numbers("r", r) is not None:
+        check_finite("r", r)
+    pi, p, r = _check_p(pi, "pi"), _check_p(p), _float(r)
+    beta = _check_temp("beta", beta)
     er = jnp.sum(jnp.where(pi > 0, pi * r, 0.0), axis=-1)
     return er - beta * kl_divergence(pi, p)
 
@@ -241,19 +278,29 @@ def _bon_law(p, y, N):
     return ratio * p, ratio
 
 
+def _check_bon_n(N, p) -> jax.Array:
+    """N >= 1 samples, at most MAX_BON_N, as a float of p's dtype (N only enters as N log F)."""
+    N = _check_positive_int("N", N)
+    if N > MAX_BON_N:
+        raise QuasirlValueError(
+            f"N = {N} exceeds the best-of-N limit {MAX_BON_N:.0e}: N enters the law as a float "
+            f"(N log F), and far beyond it the law is all on the best item to any precision")
+    return jnp.asarray(float(N), p.dtype)
+
+
 def best_of_n_law(p, y, N: int):
     """Exact law of best-of-N on a finite support, per item: [n].
 
     p: reference probabilities of the n items; y: their rewards (ties allowed); N >= 1 samples.
     The kept value has law pi_N(y) = F(y)^N - F^-(y)^N (F(y) = P(Y <= y), F^-(y) = P(Y < y));
     within a tie group the kept item is i with probability p_i / P(Y = y) (a uniform tie-break
-    among the drawn maximisers). Computed in log space (accurate for large N).
+    among the drawn maximisers). Computed in log space (accurate for large N); N <= 1e30.
     """
     p = _check_p(p)
     y = _check_scores("y", y, p)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D for best-of-N, got shape {p.shape}")
-    return _bon_law(p, y, _check_positive_int("N", N))[0]
+    return _bon_law(p, y, _check_bon_n(N, p))[0]
 
 
 def best_of_n_kl(p, y, N: int):
@@ -261,19 +308,50 @@ def best_of_n_kl(p, y, N: int):
 
     KL = sum over tie groups of pi_N(g) log(pi_N(g) / p(g)), <= log N - (N-1)/N
     (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy").
+    N >= 1 up to 1e30 (computed in log space, exact for huge N).
     """
     p = _check_p(p)
     y = _check_scores("y", y, p)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D for best-of-N, got shape {p.shape}")
-    law, ratio = _bon_law(p, y, _check_positive_int("N", N))
+    law, ratio = _bon_law(p, y, _check_bon_n(N, p))
     return jnp.sum(jnp.where(law > 0, law * safe_log(jnp.where(law > 0, ratio, 1.0)), 0.0))
 
 
+def _bound_n(N):
+    """N >= 1 for the closed-form bounds: an exact Python int (any size), a float64 numpy
+    array, or a traced value (unchecked)."""
+    if isinstance(N, numbers.Integral) and not isinstance(N, bool):
+        if N < 1:
+            raise QuasirlValueError(f"N must be >= 1, got {N}")
+        return int(N)
+    a = _numbers("N", N)
+    if a is None:
+        return N
+    if a.dtype == bool:
+        raise QuasirlValueError(f"N must be a number or an array of numbers, got {N!r}")
+    a = a.astype(np.float64)
+    bad = ~(a >= 1) | ~np.isfinite(a)
+    if bad.any():
+        i = tuple(np.argwhere(bad)[0]) if a.ndim else ()
+        where = f"N{list(i)}" if a.ndim else "N"
+        raise QuasirlValueError(f"N must be finite and >= 1, but {where} = {a[i].item()!r}")
+    return a
+
+
 def best_of_n_kl_bound(N):
-    """The commonly quoted best-of-N KL, log N - (N-1)/N: an upper bound (Beirami et al. 2024)."""
-    N = jnp.asarray(N, dtype=jnp.result_type(float))
-    return jnp.log(N) - (N - 1.0) / N
+    """The commonly quoted best-of-N KL, log N - (N-1)/N: an upper bound (Beirami et al. 2024).
+
+    N >= 1: a number (a Python int of any size) or an array. Computed in float64 as
+    log N - 1 + 1/N (no overflow for N = 10^12 or 10^400), then returned in the default float.
+    """
+    n = _bound_n(N)
+    if isinstance(n, int):
+        return jnp.asarray(math.log(n) - 1 + 1 / n, dtype=jnp.result_type(float))
+    if isinstance(n, np.ndarray):
+        return jnp.asarray(np.log(n) - 1.0 + 1.0 / n, dtype=jnp.result_type(float))
+    n = jnp.asarray(n, dtype=jnp.result_type(float))
+    return jnp.log(n) - 1.0 + 1.0 / n
 
 
 class BestOfNWinRate(NamedTuple):
@@ -293,15 +371,18 @@ def best_of_n_win_rate(p, y, N: int) -> BestOfNWinRate:
     y = _check_scores("y", y, p)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D for best-of-N, got shape {p.shape}")
-    law, _ = _bon_law(p, y, _check_positive_int("N", N))
+    law, _ = _bon_law(p, y, _check_bon_n(N, p))
     _, logFm, G = _cdf_terms(p, y)
     return BestOfNWinRate(jnp.sum(law * jnp.exp(logFm)), jnp.sum(law * G))
 
 
 def win_rate_bound(N):
-    """N / (N + 1): the best-of-N win rate against the reference without ties."""
-    N = jnp.asarray(N, dtype=jnp.result_type(float))
-    return N / (N + 1.0)
+    """N / (N + 1): the best-of-N win rate against the reference without ties (N >= 1)."""
+    n = _bound_n(N)
+    if isinstance(n, int):
+        return jnp.asarray(n / (n + 1), dtype=jnp.result_type(float))
+    n = jnp.asarray(n, dtype=jnp.result_type(float))
+    return n / (n + 1.0)
 
 
 def _inverse_cdf(key, p, shape):
@@ -319,11 +400,22 @@ def _sample_bon(key, p, y, N, samples):
 
 
 def sample_best_of_n(key, p, y, N: int, samples: int):
-    """Monte Carlo best-of-N: ``samples`` item indices, each the best of N draws from p."""
+    """Monte Carlo best-of-N: ``samples`` item indices, each the best of N draws from p.
+
+    All samples * N draws are made at once: at most 2^28 of them."""
+    _check_key(key)
     p = _check_p(p)
     y = _check_scores("y", y, p)
-    return _sample_bon(key, p, y, _check_positive_int("N", N),
-                       _check_positive_int("samples", samples))
+    if p.ndim != 1:
+        raise QuasirlValueError(f"p must be 1-D for best-of-N, got shape {p.shape}")
+    N = _check_positive_int("N", N)
+    samples = _check_positive_int("samples", samples)
+    if samples * N > MAX_BON_DRAWS:
+        raise QuasirlValueError(
+            f"sample_best_of_n would draw samples * N = {samples} * {N} = {samples * N} "
+            f"indices at once, more than its limit 2^28 = {MAX_BON_DRAWS}; use best_of_n_law "
+            f"for the exact law, or fewer samples per call")
+    return _sample_bon(key, p, y, N, samples)
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +464,10 @@ def luce_curation(p, r, K: int, *, nodes: int = 1024):
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D, got shape {p.shape}")
     K = jnp.asarray(_check_positive_int("K", K), dtype=p.dtype)
-    return _luce(p, r, K, _check_positive_int("nodes", nodes))
+    nodes = _check_positive_int("nodes", nodes)
+    if nodes < 2:
+        raise QuasirlValueError(f"nodes must be >= 2 (the trapezoid rule's points), got {nodes}")
+    return _luce(p, r, K, nodes)
 
 
 def luce_curation_enumerate(p, r, K: int, max_terms: int = 2_000_000):
@@ -385,7 +480,10 @@ def luce_curation_enumerate(p, r, K: int, max_terms: int = 2_000_000):
 
     p = np.asarray(_check_p(p), dtype=np.float64)
     r = np.asarray(_check_scores("r", r, p), dtype=np.float64)
+    if p.ndim != 1:
+        raise QuasirlValueError(f"p must be 1-D, got shape {p.shape}")
     K = _check_positive_int("K", K)
+    max_terms = _check_positive_int("max_terms", max_terms)
     live = p > 0
     ps, u = p[live], np.exp(r[live] - r[live].max())
     m, k = ps.size, K - 1
@@ -430,6 +528,7 @@ def simulate_luce_curation(key, p, r, K: int, samples: int, chunk: int = 1 << 20
     sum_i c_i e^{r_i}; so a trial costs O(n), not O(K). Random bits come from a numpy
     generator seeded by ``key`` (a jax.random key).
     """
+    _check_key(key)
     p = np.asarray(_check_p(p), dtype=np.float64)
     r = np.asarray(_check_scores("r", r, p), dtype=np.float64)
     if p.ndim != 1:

@@ -33,7 +33,13 @@ import numpy as np
 from . import _kernels
 from ._kron_xla import reference
 from ._native import kron as _native_kron
-from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
+from ._validate import (
+    QuasirlValueError,
+    check_finite,
+    check_nonnegative,
+    check_real,
+    is_concrete,
+)
 
 __all__ = [
     "MutationSpectrum",
@@ -55,9 +61,45 @@ MAX_L = 34
 # validation helpers
 # --------------------------------------------------------------------------------------------
 def _float_dtype(*xs):
-    dts = [jnp.asarray(x).dtype for x in xs if x is not None]
-    dts = [d for d in dts if jnp.issubdtype(d, jnp.floating)]
+    """The float dtype of the computation: the floating inputs' common type. Non-numeric input
+    is skipped here (its own check names it) instead of failing inside ``jnp.asarray``."""
+    dts = []
+    for x in xs:
+        if x is None:
+            continue
+        dt = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if np.issubdtype(dt, np.floating):
+            dts.append(jax.dtypes.canonicalize_dtype(dt))
     return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
+def check_numbers(name: str, x, *, bools: bool = False) -> np.ndarray | None:
+    """Refuse non-numeric (strings, objects; booleans unless ``bools``) and complex input;
+    return x as a numpy array when it is concrete (None for a traced value, whose dtype alone
+    is checked)."""
+    if not is_concrete(x):
+        check_real(name, x)
+        return None
+    a = np.asarray(x)
+    if a.dtype == bool and bools:
+        return a
+    if a.dtype == object or a.dtype == bool or not np.issubdtype(a.dtype, np.number):
+        what = f"dtype {a.dtype}" if a.ndim else repr(x)
+        raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {what}")
+    check_real(name, a)
+    return a
+
+
+def check_key(key, name: str = "key") -> None:
+    """A JAX random key: a typed key (jax.random.key) or a raw uint32 key (jax.random.PRNGKey)."""
+    if isinstance(key, jax.core.Tracer):
+        return
+    ok = isinstance(key, jax.Array) and (
+        (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
+        or (key.dtype == jnp.uint32 and key.shape == (2,)))
+    if not ok:
+        raise QuasirlValueError(
+            f"{name} must be one JAX random key (jax.random.key(seed)), got {key!r}")
 
 
 def check_L(L, name: str = "L", limit: int = MAX_L) -> int:
@@ -82,13 +124,20 @@ def length_of(x, name: str) -> int:
     return L
 
 
+def check_vector(x, name: str) -> int:
+    """A finite real vector over the 2^L genotypes (any sign: Q is linear); return L."""
+    L = length_of(x, name)
+    a = check_numbers(name, x)
+    if a is not None:
+        check_finite(name, a)
+    return L
+
+
 def check_fitness(fitness, name: str = "fitness") -> int:
     """Validate a full-space fitness vector; return L."""
     L = length_of(fitness, name)
-    if is_concrete(fitness):
-        a = np.asarray(fitness)
-        if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-            raise QuasirlValueError(f"{name} must be an array of numbers, got dtype {a.dtype}")
+    a = check_numbers(name, fitness)
+    if a is not None:
         check_finite(name, a)
         check_nonnegative(name, a)
         if not (a > 0).any():
@@ -100,12 +149,11 @@ def check_per_site(x, name: str, L: int):
     """A scalar or a per-site [L] array of numbers: its numpy form (concrete input), else None
     after a shape check of the traced value."""
     if not is_concrete(x):
+        check_real(name, x)
         if jnp.ndim(x) > 1 or (jnp.ndim(x) == 1 and jnp.shape(x)[0] != L):
             raise QuasirlValueError(f"{name} must be a scalar or have shape ({L},)")
         return None
-    a = np.asarray(x)
-    if a.dtype == object or not np.issubdtype(a.dtype, np.number):
-        raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {x!r}")
+    a = check_numbers(name, x)
     if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != L):
         raise QuasirlValueError(
             f"{name} must be a scalar or a per-site array of shape (L,) = ({L},), "
@@ -248,7 +296,7 @@ def _classes_kernel(x, L: int, master: int):
 def class_distribution(x, master: int = 0):
     """Mass of each Hamming class: out[k] = sum of x over genotypes at distance k from
     ``master``  [L+1]."""
-    L = length_of(x, "x")
+    L = check_vector(x, "x")
     master = check_master(master, L)
     return _classes_kernel(jnp.asarray(x), L, master)
 
@@ -283,7 +331,7 @@ def mutate(x, mu, nu=None, *, groups=None, kernel: str = "auto"):
     overriding :func:`default_groups` (giving ``groups`` selects the XLA path). "native" and
     "xla" force one; both give the same result to rounding, under jit, vmap and grad.
     """
-    L = length_of(x, "x")
+    L = check_vector(x, "x")
     x = jnp.asarray(x)
     dtype = _float_dtype(x, mu, nu)
     u, v = site_rates(mu, nu, L, dtype)
@@ -363,6 +411,48 @@ def _continuous_step(f, u, v, groups, native, dt):
     return step
 
 
+def _pow2(k, dtype):
+    """2.0 ** k exactly, from the bit pattern (k an int array in the dtype's normal range)."""
+    if jnp.dtype(dtype) == jnp.float64:
+        return jax.lax.bitcast_convert_type((k.astype(jnp.int64) + 1023) << 52, jnp.float64)
+    if jnp.dtype(dtype) == jnp.float32:
+        return jax.lax.bitcast_convert_type((k.astype(jnp.int32) + 127) << 23, jnp.float32)
+    return jnp.exp2(k.astype(dtype))
+
+
+def scale_by_max(w):
+    """(w / c, back) with c = 2^e >= max w a power of two and back(v) = v * c.
+
+    Products and sums of raw weights overflow near the dtype's largest value (a fitness of 1e38
+    in float32: f * x, f . n, the Chebyshev recurrence), while the quantities that matter are
+    ratios. c is a power of two, so the scaling is exact, and it is applied as two factors
+    2^-e1 2^-e2 because XLA turns a division by a scalar into a multiplication by its
+    reciprocal, and 1 / 1e38 is subnormal in float32 (flushed to 0 on CPUs). c is a constant
+    for autodiff (stop_gradient): results are exactly linear in w / c.
+    """
+    c = jax.lax.stop_gradient(jnp.max(w))
+    _, e = jnp.frexp(jnp.where((c > 0) & jnp.isfinite(c), c, jnp.ones_like(c)))
+    e1 = e // 2
+    e2 = e - e1
+    a, b = _pow2(e1, w.dtype), _pow2(e2, w.dtype)
+    ws = w * _pow2(-e1, w.dtype) * _pow2(-e2, w.dtype)
+    return ws, lambda v: v * a * b
+
+
+def _scaled_fitness(f, model):
+    """(f / c, back) for the discrete map (:func:`scale_by_max`), (f, identity) otherwise.
+
+    The generation map x' = Q diag(f) x / (f . x) and its Perron vector do not change when f
+    is scaled, and f . x scales with it: iterating with f / max f keeps every product finite
+    for fitness up to the dtype's largest value (a peak of 1e38 in float32 turned the state
+    into NaN); means are scaled back. The continuous model is not scale-invariant
+    (diag(f) + G) and already works with exp(dt (f - max f)).
+    """
+    if model != "discrete":
+        return f, lambda v: v
+    return scale_by_max(f)
+
+
 def _make_step(f, u, v, groups, native, model, dt):
     if model == "discrete":
         return _discrete_step(f, u, v, groups, native)
@@ -374,6 +464,7 @@ def _make_step(f, u, v, groups, native, model, dt):
                                    "master"))
 def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, model, master):
     L = len(u)
+    f, back = _scaled_fitness(f, model)
     step = _make_step(f, u, v, groups, native, model, dt)
 
     def one(x, _):
@@ -400,7 +491,7 @@ def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, mod
             x, (mf2, xm2) = jax.lax.scan(one, x, None, length=rest)
             mf, xm = jnp.concatenate([mf, mf2]), jnp.concatenate([xm, xm2])
         classes = jnp.concatenate([record(x0)[None], cl])
-    mf = jnp.concatenate([mf, jnp.dot(f, x)[None]])  # f . x_t for t = 0..G
+    mf = back(jnp.concatenate([mf, jnp.dot(f, x)[None]]))  # f . x_t for t = 0..G
     xm = jnp.concatenate([x0[master][None], xm])
     return Trajectory(x, mf, xm, classes)
 
@@ -409,8 +500,8 @@ def _check_model(model, dt):
     if model not in ("discrete", "continuous"):
         raise QuasirlValueError(f"model must be 'discrete' or 'continuous', got {model!r}")
     if model == "continuous":
-        d = float(np.asarray(dt)) if is_concrete(dt) else None
-        if d is not None and not (np.isfinite(d) and d > 0):
+        a = check_numbers("dt", dt)
+        if a is not None and (a.ndim or not (np.isfinite(a) and a > 0)):
             raise QuasirlValueError(f"dt must be a finite number > 0, got {dt!r}")
 
 
@@ -419,8 +510,9 @@ def _initial(x0, f, L, dtype, name="x0"):
         return jnp.full((1 << L,), 1.0 / (1 << L), dtype)
     if np.shape(x0) != (1 << L,):
         raise QuasirlValueError(f"{name} must have shape (2^L,) = ({1 << L},), got {np.shape(x0)}")
-    if is_concrete(x0):
-        a = np.asarray(x0, dtype=np.float64)
+    a = check_numbers(name, x0)
+    if a is not None:
+        a = a.astype(np.float64)
         check_finite(name, a)
         check_nonnegative(name, a)
         if not (a * np.asarray(f, dtype=np.float64)).sum() > 0:
@@ -446,6 +538,8 @@ def evolve(
     fitness: [2^L] (non-negative); mu, nu: see :func:`mutate`; x0: start (default uniform);
     save_every=k also records the Hamming-class masses (relative to ``master``) every k steps.
     groups, kernel: how Q is applied (see :func:`mutate`).
+    Only fitness ratios matter to the discrete map: it runs on f / 2^e >= max f (exact) and
+    scales the mean fitness back, so fitness up to the dtype's largest value stays finite.
     """
     L = check_fitness(fitness)
     generations = check_count(generations, "generations")
@@ -607,7 +701,8 @@ def _power(amul, weight, x0, tol, max_iter, accelerate):
 @partial(jax.jit, static_argnames=("groups", "native", "model", "accelerate"))
 def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, native, model, accelerate):
     if model == "discrete":
-        weight, uu, vv = f, u, v
+        weight, _ = _scaled_fitness(f, model)  # the Perron vector is invariant to the scale
+        uu, vv = u, v
     else:
         # iterate w -> K E w with E = exp(dt f) (shifted): the Strang map x -> D K D x is
         # similar to it, x = D w with D = exp(dt f / 2)
@@ -626,6 +721,16 @@ def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, native, model, ac
 
 def default_tol(dtype) -> float:
     return 1e-12 if jnp.dtype(dtype).itemsize >= 8 else 1e-5
+
+
+def check_tol(tol, dtype):
+    """The power iteration's tolerance: a finite number > 0 (default :func:`default_tol`)."""
+    if tol is None:
+        return default_tol(dtype)
+    a = check_numbers("tol", tol)
+    if a is not None and (a.ndim or not (np.isfinite(a) and a > 0)):
+        raise QuasirlValueError(f"tol must be a finite number > 0, got {tol!r}")
+    return tol
 
 
 def stationary(
@@ -649,7 +754,8 @@ def stationary(
     fitness: [2^L]; mu, nu: see :func:`mutate`; x0: start (default uniform).
     model="continuous": Crow-Kimura stationary state of the Strang-split step of length dt
     (an O(dt^2) approximation of the Perron vector of diag(f) + G; see :func:`evolve`).
-    groups, kernel: how Q is applied (see :func:`mutate`).
+    groups, kernel: how Q is applied (see :func:`mutate`). Fitness up to the dtype's largest
+    value is fine (the iteration runs on f / 2^e >= max f; see :func:`evolve`).
     """
     L = check_fitness(fitness)
     max_iter = check_count(max_iter, "max_iter", 1)
@@ -657,9 +763,9 @@ def stationary(
     dtype = _float_dtype(fitness, mu, nu, x0)
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
-    tol = default_tol(dtype) if tol is None else tol
-    if is_concrete(tol) and not (np.isfinite(tol) and tol > 0):
-        raise QuasirlValueError(f"tol must be a finite number > 0, got {tol!r}")
+    tol = check_tol(tol, dtype)
+    if not isinstance(accelerate, bool | np.bool_):
+        raise QuasirlValueError(f"accelerate must be True or False, got {accelerate!r}")
     g = check_groups(groups, L)
     native = resolve_kernel(kernel, g, "sequence.stationary")
     x = _initial(x0, f, L, dtype)

@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._sequence_kron import check_L, check_master, check_per_site, hamming_distance
+from ._sequence_kron import (
+    check_key,
+    check_L,
+    check_master,
+    check_numbers,
+    check_per_site,
+    hamming_distance,
+)
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
 
 __all__ = [
@@ -39,6 +46,7 @@ def _scalar(x, name: str, positive: bool = False) -> None:
         a = np.asarray(x)
         if a.ndim != 0 or a.dtype == object or not np.issubdtype(a.dtype, np.number):
             raise QuasirlValueError(f"{name} must be a number, got {x!r}")
+        check_numbers(name, a)  # complex: refused, not cast
         if not np.isfinite(a) or (positive and a <= 0) or a < 0:
             need = "> 0" if positive else ">= 0"
             raise QuasirlValueError(f"{name} must be a finite number {need}, got {float(a)!r}")
@@ -73,6 +81,7 @@ def hamming_landscape(L: int, f_of_distance, master: int = 0):
                 f"got shape {table.shape}"
             )
     else:
+        check_numbers("f_of_distance", f_of_distance)
         table = jnp.asarray(f_of_distance)
         if table.shape != (L + 1,):
             raise QuasirlValueError(
@@ -122,6 +131,7 @@ def rough_mt_fuji(key, L: int, s, noise, master: int = 0):
     eta(i) ~ N(0, 1) independent over genotypes, drawn from ``key`` (Neidhart, Szendro & Krug
     2014, Genetics 198:699: an additive landscape plus a random house-of-cards part).
     """
+    check_key(key)
     L = _L(L)
     master = check_master(master, L)
     _scalar(noise, "noise")
@@ -143,6 +153,7 @@ def nk_tables(key, L: int, K: int, neighbors: str = "adjacent") -> NKTables:
     """Draw the NK model's tables from ``key``: phi_i ~ U(0, 1) for each of the 2^(K+1)
     states of site i and its K neighbours ("adjacent": the next K sites cyclically;
     "random": K distinct other sites drawn uniformly)."""
+    check_key(key)
     L = _L(L)
     if isinstance(K, bool) or not isinstance(K, int | np.integer) or not 0 <= K < L:
         raise QuasirlValueError(f"K must be an integer in [0, L - 1] = [0, {L - 1}], got {K!r}")

@@ -22,14 +22,16 @@ import numpy as np
 
 from ._sequence_classes import _check_class_fitness, class_stationary
 from ._sequence_kron import (
+    _check_model,
     _float_dtype,
     _stationary_kernel,
     check_count,
     check_fitness,
     check_groups,
     check_master,
+    check_numbers,
+    check_tol,
     default_groups,
-    default_tol,
     resolve_kernel,
 )
 from ._validate import QuasirlValueError
@@ -60,6 +62,8 @@ def superiority(fitness, *, space: str = "full", master: int | None = None) -> f
     space="full": fitness [2^L], master defaults to the fittest genotype; space="classes":
     class fitness [L+1] with the master class 0, the mean weighted by class sizes C(L, k).
     """
+    if space not in ("full", "classes"):
+        raise QuasirlValueError(f"space must be 'full' or 'classes', got {space!r}")
     if space == "classes":
         f = _check_class_fitness(fitness)
         L = f.size - 1
@@ -68,9 +72,11 @@ def superiority(fitness, *, space: str = "full", master: int | None = None) -> f
         w = np.exp(logw - logw.max())
         rest = float((w * f[1:]).sum() / w.sum())
         return float(f[0]) / rest if rest > 0 else math.inf
+    L = check_fitness(fitness)
     f = np.asarray(fitness, np.float64)
-    m = int(np.argmax(f)) if master is None else master
-    rest = (f.sum() - f[m]) / (f.size - 1)
+    m = int(np.argmax(f)) if master is None else check_master(master, L)
+    # the others summed apart: f.sum() - f[m] loses them all when f[m] is 1e16 times larger
+    rest = np.delete(f, m).sum() / (f.size - 1)
     return float(f[m]) / rest if rest > 0 else math.inf
 
 
@@ -95,8 +101,12 @@ def error_threshold(
         raise QuasirlValueError(f"space must be 'full' or 'classes', got {space!r}")
     points = check_count(points, "points", 4)
     levels = check_count(levels, "levels", 1)
-    if not (np.isfinite(nu_ratio) and nu_ratio >= 0):
+    max_iter = check_count(max_iter, "max_iter", 1)
+    _check_model(model, dt)
+    a = check_numbers("nu_ratio", nu_ratio)
+    if a is None or a.ndim or not (np.isfinite(a) and a >= 0):
         raise QuasirlValueError(f"nu_ratio must be a finite number >= 0, got {nu_ratio!r}")
+    nu_ratio = float(a)
     if space == "classes":
         f = _check_class_fitness(fitness)
         L = f.size - 1
@@ -114,7 +124,10 @@ def error_threshold(
                 f"bracket must be given: the master is not fitter than average (sigma = {sigma:g})"
             )
         bracket = (0.25 * mu_theory, min(0.5, 2.0 * mu_theory))
-    lo, hi = (float(b) for b in bracket)
+    b = check_numbers("bracket", bracket)
+    if b is None or b.shape != (2,):
+        raise QuasirlValueError(f"bracket must be a pair of numbers (lo, hi), got {bracket!r}")
+    lo, hi = float(b[0]), float(b[1])
     if not (0 <= lo < hi <= 1):
         raise QuasirlValueError(f"bracket must satisfy 0 <= lo < hi <= 1, got {bracket!r}")
 
@@ -128,7 +141,7 @@ def error_threshold(
         g = check_groups(groups, L)
         native = resolve_kernel(kernel, g, "sequence.error_threshold")
         g = g or default_groups(L, dtype)
-        tol_ = default_tol(dtype) if tol is None else tol
+        tol_ = check_tol(tol, dtype)
         uniform = jnp.full((1 << L,), 1.0 / (1 << L), dtype)
 
         def evaluate(mus, prev):

@@ -29,10 +29,13 @@ from ._sequence_kron import (
     check_count,
     check_fitness,
     check_groups,
+    check_key,
     check_L,
     check_master,
+    check_numbers,
     default_groups,
     resolve_kernel,
+    scale_by_max,
     site_rates,
 )
 from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
@@ -40,6 +43,22 @@ from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_co
 __all__ = ["Population", "WrightFisher", "wright_fisher", "wright_fisher_individuals"]
 
 MAX_INDIVIDUAL_L = 100_000
+
+# Counts and individual indices are int32, and each generation draws N uniforms (O(N) memory).
+MAX_N = 2**31 - 1
+
+
+def _check_population(N) -> int:
+    N = check_count(N, "N", 1)
+    if N > MAX_N:
+        raise QuasirlValueError(
+            f"N = {N} exceeds the largest population these simulations hold, 2^31 - 1 = {MAX_N}"
+            f" (counts and indices are int32, and each generation draws N uniforms); for "
+            f"larger populations the deterministic map (evolve, stationary) is the N -> "
+            f"infinity limit")
+    return N
+
+
 
 
 class WrightFisher(NamedTuple):
@@ -116,20 +135,21 @@ def _wf_kernel(key, f, u, v, n0, N, generations, save_every, groups, native, mas
     L = len(u)
     keys = jax.random.split(key, generations)
     inv_n = 1.0 / N
+    f, back = scale_by_max(f)  # f * n stays finite for fitness near the dtype's largest value
 
     def one(n, k):
         x = n.astype(f.dtype)
         p, _ = apply_q(x, f, u, v, 1, weighted=True, normalize=True, groups=groups,
                        native=native)
         n = _sample_counts(k, p, N)
-        return n, (n[master] * inv_n, jnp.dot(f, n.astype(f.dtype)) * inv_n)
+        return n, (n[master] * inv_n, back(jnp.dot(f, n.astype(f.dtype)) * inv_n))
 
     def record(n):
         return _class_sum(_relabel(n.astype(f.dtype) * inv_n, L, master), L)
 
     n, (xm, mf), cl = _scan_record(one, record, n0, keys, save_every)
     xm = jnp.concatenate([(n0[master] * inv_n)[None].astype(xm.dtype), xm])
-    mf = jnp.concatenate([(jnp.dot(f, n0.astype(f.dtype)) * inv_n)[None], mf])
+    mf = jnp.concatenate([back(jnp.dot(f, n0.astype(f.dtype)) * inv_n)[None], mf])
     return WrightFisher(n, xm, mf, cl)
 
 
@@ -144,11 +164,13 @@ def wright_fisher(
     the deterministic trajectory; for finite N the master class can be lost, which lowers the
     error threshold (Nowak & Schuster 1989, J. Theor. Biol. 137:375).
     key: a JAX key (same key, same run); fitness [2^L]; mu, nu: see :func:`mutate`;
-    n0: initial counts [2^L] summing to N (default all N at ``master``); groups, kernel: how
-    Q is applied (see :func:`mutate`).
+    N: population size, 1 <= N <= 2^31 - 1 (counts are int32 and each generation draws N
+    uniforms); n0: initial counts [2^L] summing to N (default all N at ``master``); groups,
+    kernel: how Q is applied (see :func:`mutate`).
     """
+    check_key(key)
     L = check_fitness(fitness)
-    N = check_count(N, "N", 1)
+    N = _check_population(N)
     generations = check_count(generations, "generations")
     if save_every is not None:
         save_every = check_count(save_every, "save_every", 1)
@@ -166,7 +188,7 @@ def wright_fisher(
             raise QuasirlValueError(f"n0 must have shape (2^L,) = ({1 << L},), got {np.shape(n0)}")
         if is_concrete(n0):
             a = np.asarray(n0)
-            if not np.issubdtype(a.dtype, np.integer):
+            if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
                 raise QuasirlValueError(f"n0 must hold integer counts, got dtype {a.dtype}")
             check_nonnegative("n0", a)
             if int(a.sum()) != N:
@@ -177,7 +199,8 @@ def wright_fisher(
     if generations == 0:
         x = n0.astype(dtype) / N
         cl = None if save_every is None else _class_sum(_relabel(x, L, master), L)[None]
-        return WrightFisher(n0, x[master][None], jnp.dot(f, x)[None], cl)
+        fs, back = scale_by_max(f)
+        return WrightFisher(n0, x[master][None], back(jnp.dot(fs, x))[None], cl)
     return _wf_kernel(key, f, u, v, n0, N, generations, save_every, g, native, master)
 
 
@@ -193,13 +216,13 @@ def _individual_kernel(key, g0, u, v, table, fitness_fn, generations, save_every
 
     def stats(g):
         d = jnp.sum(g, axis=1, dtype=jnp.int32)
-        w = fn(g)
-        return (jnp.mean((d == 0).astype(u.dtype)), jnp.mean(w.astype(u.dtype)),
+        w, back = scale_by_max(fn(g).astype(u.dtype))
+        return (jnp.mean((d == 0).astype(u.dtype)), back(jnp.mean(w)),
                 jnp.mean(d.astype(u.dtype)))
 
     def one(g, k):
         k_sel, k_mut = jax.random.split(k)
-        w = fn(g).astype(u.dtype)
+        w, _ = scale_by_max(fn(g).astype(u.dtype))
         parents = _sample_indices(k_sel, w, N)
         g = g[parents]
         rate = jnp.where(g == 0, u[None, :], v[None, :])
@@ -229,10 +252,12 @@ def wright_fisher_individuals(
     fitness: an array [L+1] of fitness by Hamming distance to the all-zeros master, or a
     callable mapping genomes [N, L] (uint8) to fitnesses [N] (traceable by JAX; it is a static
     argument of the compiled kernel, so pass the same function object to reuse it).
+    N: population size, 1 <= N <= 2^31 - 1 (memory: the genomes are N x L bytes);
     L: sequence length (default len(fitness) - 1 for a table); genomes0: [N, L] start
     (default all master).
     """
-    N = check_count(N, "N", 1)
+    check_key(key)
+    N = _check_population(N)
     generations = check_count(generations, "generations")
     if save_every is not None:
         save_every = check_count(save_every, "save_every", 1)
@@ -243,6 +268,7 @@ def wright_fisher_individuals(
         L = check_L(L, limit=MAX_INDIVIDUAL_L)
         fn = fitness
     else:
+        check_numbers("fitness", fitness)
         table = jnp.asarray(fitness)
         if table.ndim != 1 or table.shape[0] < 2:
             raise QuasirlValueError(
@@ -273,6 +299,7 @@ def wright_fisher_individuals(
             raise QuasirlValueError(
                 f"genomes0 must have shape (N, L) = ({N}, {L}), got {np.shape(genomes0)}"
             )
+        check_numbers("genomes0", genomes0, bools=True)
         g0 = jnp.asarray(genomes0)
         if is_concrete(g0):
             a = np.asarray(g0)
@@ -285,10 +312,10 @@ def wright_fisher_individuals(
         g0 = g0.astype(jnp.uint8)
     if generations == 0:
         d = jnp.sum(g0, axis=1, dtype=jnp.int32)
-        w = (fn(g0) if fn is not None else table[d]).astype(dtype)
+        w, back = scale_by_max((fn(g0) if fn is not None else table[d]).astype(dtype))
         cl = None if save_every is None else \
             jnp.zeros((L + 1,), dtype).at[d].add(1.0 / N)[None]
-        return Population(g0, jnp.mean((d == 0).astype(dtype))[None], jnp.mean(w)[None],
+        return Population(g0, jnp.mean((d == 0).astype(dtype))[None], back(jnp.mean(w))[None],
                           jnp.mean(d.astype(dtype))[None], cl)
     return _individual_kernel(key, g0, u, v, table if table is not None else jnp.zeros(1, dtype),
                               fn, generations, save_every)

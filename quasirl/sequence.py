@@ -16,7 +16,8 @@ and the master sequence is i = 0 (all zeros) unless said otherwise (DESIGN.md "E
   continuous time, as a ``lax.scan``) and :func:`stationary` (the Perron vector by power
   iteration with a stated tolerance and an estimated spectral gap; unpacks as
   ``(distribution, mean_fitness)``).
-* The exact (L+1)-class reduction, independent of the Kronecker code and usable to L = 1000:
+* The exact (L+1)-class reduction, independent of the Kronecker code, usable to L = 1000 and
+  refused above L = 2000 (dense matrices):
   :func:`class_matrix`, :func:`class_stationary`, :func:`class_iterate`; closed forms
   :func:`swetina_schuster` and :func:`cerf_dalmau`.
 * :func:`error_threshold`: the numeric critical mu beside 1 - sigma^(-1/L).

@@ -40,6 +40,7 @@ RESULTS: dict[str, dict | str] = {}
 def _env(tmp: Path, variant: str) -> dict:
     return {**os.environ, "QUASIRL_NATIVE_MARCH": variant, "QUASIRL_NATIVE_WERROR": "1",
             "QUASIRL_CACHE_DIR": str(tmp / variant.replace("+", "_")),
+            "QUASIRL_NATIVE_GRAIN": "1",  # small problems on the whole team
             "OMP_WAIT_POLICY": "passive",  # 3 threads on 2 cores: sleep at barriers, not spin
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
 

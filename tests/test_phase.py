@@ -171,6 +171,7 @@ def test_sweep_killed_by_signal_resumes(tmp_path, monkeypatch):
                      chunk_size=6, store=store, progress=False)
     assert len(sweepfns.CALLS) == 60 - 6 * done
     assert ds.attrs["chunks_loaded"] == done
+    assert not list(store.glob(".*.tmp"))  # what the killed writer left is cleaned up
     np.testing.assert_allclose(ds["value"], np.cos(np.linspace(0, 1, 6))[:, None]
                                + np.arange(10.0), rtol=1e-15)
 

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <list>
 #include <map>
@@ -70,7 +71,14 @@ struct Problem {
         unit[v * LANES + i] = scaled ? double(lanes[v].T[i]) * 0.6931471805599453 : 1.0;
       }
     }
-    nthreads = team_size();
+    // the team by size: a step is one parallel region and a barrier (a few microseconds),
+    // so small problems run on fewer threads (a 60-state gridworld over 10^5 steps: 2.4 s on
+    // two threads, 0.2 s on one). QUASIRL_NATIVE_GRAIN (state-vectors per thread, default
+    // 1024) sets the share; tests set 1 to run the threaded code on small problems.
+    const char* grain_env = std::getenv("QUASIRL_NATIVE_GRAIN");
+    const int64_t grain = grain_env != nullptr && std::atoll(grain_env) > 0
+                              ? std::atoll(grain_env) : 1024;
+    nthreads = int(std::max<int64_t>(1, std::min<int64_t>(team_size(), S * nv / grain)));
 #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int64_t s = 0; s < S; ++s) {
       int32_t k = 0;

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import typer
+
+from quasirl._jsonio import write_json
 
 EXAMPLE = ("Example: quasirl boost --eps0 0.3 --tpr 0.8 --fpr 0.4 --lam 0.6 --mu 0.05 "
            "--out quasirl-out/boost")
@@ -214,7 +215,7 @@ def run_boost(out: Path, eps0: float = 0.3, tpr: float = 0.8, fpr: float = 0.4,
         "netcdf": ["phase_rates.nc", "phase_imitation.nc", "phase_intrinsic.nc"],
         "x64": bool(jnp.zeros(()).dtype == jnp.float64),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     return summary
 
 

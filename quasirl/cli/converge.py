@@ -2,16 +2,72 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import typer
 
+from quasirl._jsonio import write_json
+from quasirl.cli._stages import Stages
+
 EXAMPLE = "Example: quasirl converge --mdp random --seed 3 --horizon 8 --out quasirl-out/converge"
 WORLDS = ("gridworld", "chain", "random")
 DEFAULT_HORIZON = {"gridworld": 20, "chain": 12, "random": 8}
+MAX_HORIZON = 2**31 - 1
+# Memory of a run, fitted to the peak RSS of chains, gridworlds and random MDPs of 5e4..4e5
+# states at 9 and 41 temperatures (2-core EPYC) and rounded up, so that the estimate is high by
+# up to ~2x: bytes per outcome (s, a, k) to build the MDP; per state, per temperature and per
+# outcome for the kernels (populations and their pull tables, all S states); per entry of the
+# reverse lists (states x in-degree J) and temperature for the path dynamic programmes, which
+# run on the states reachable within the horizon.
+_BUILD_BYTES = 256
+_STATE_TEMP_BYTES = 80
+_OUTCOME_BYTES = 128
+_PATH_BYTES = 64
+
+
+def _shape(world: str, size: int | None, slip: float, horizon: int):
+    """(S, A, K, J, reachable) of a built-in MDP before it is built: J bounds the in-degree
+    (for the random MDP a typical maximum; the built MDP is checked again with its own)."""
+    if world == "gridworld":
+        K = 1 if slip == 0 else 3
+        if size is None:
+            from quasirl._models import DEFAULT_LAYOUT, _parse_layout
+
+            S = _parse_layout(DEFAULT_LAYOUT).size
+            return S, 4, K, 6 * K, S
+        S = size * size  # corner start: at most (H+1)(H+2)/2 cells within H steps
+        return S, 4, K, 6 * K, min(S, (horizon + 1) * (horizon + 2) // 2)
+    if world == "chain":
+        S, K = (8 if size is None else size), (1 if slip == 0 else 2)
+        return S, 2, K, 2 * K + 1, min(S, horizon + 1)
+    S = 12 if size is None else size
+    return S, 3, 2, 20, S  # uniform start: every state
+
+
+def memory_estimate(world: str, size: int | None, slip: float, horizon: int, n_temps: int,
+                    J: int | None = None) -> int:
+    """Estimated peak bytes of :func:`run_converge` (rough, on the high side)."""
+    S, A, K, J0, reach = _shape(world, size, slip, horizon)
+    J = J0 if J is None else J
+    B = n_temps + 1
+    return (S * A * K * (_BUILD_BYTES + _OUTCOME_BYTES) + S * B * _STATE_TEMP_BYTES
+            + reach * J * (B + 4) * _PATH_BYTES)
+
+
+def _check_memory(world, size, slip, horizon, n_temps, J=None) -> None:
+    from quasirl._validate import check_memory
+
+    need = memory_estimate(world, size, slip, horizon, n_temps, J)
+    # name the option that makes it big: --temps when the default 40 would need a tenth
+    name = "--size"
+    if size is None or memory_estimate(world, size, slip, horizon, 40, J) < need / 10:
+        name = "--temps"
+    S = _shape(world, size, slip, horizon)[0]
+    what = {"gridworld": "gridworld", "chain": "chain", "random": "random MDP"}[world]
+    check_memory(name, need, f"converge on the {what} of {S:,} states at {n_temps + 1:,} "
+                             f"temperatures")
 
 
 def build_mdp(world: str, size: int | None = None, seed: int = 0, slip: float = 0.0):
@@ -51,22 +107,37 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
     R* + T log W <= F(T) <= R*, and the optimal-path mass P*(T) = W exp((R* - F)/T) from the
     kernels, held against the dynamic programme of ``quasirl.paths`` (which also gives 1 - P*
     without cancellation) and its band from the return gap (:func:`_mass_band`).
+
+    A run whose memory (:func:`memory_estimate`) would exceed half of this machine's is refused
+    up front with a QuasirlValueError naming --size or --temps.
     """
     import quasirl as qr
     from quasirl import plots
     from quasirl._validate import QuasirlValueError, check_horizon
 
-    mdp, description = build_mdp(world, size, seed, slip)
+    if world not in WORLDS:
+        raise QuasirlValueError(f"--mdp must be one of {', '.join(WORLDS)}, got {world!r}")
     H = DEFAULT_HORIZON[world] if horizon is None else check_horizon(horizon)
-    if H < 1:
-        raise QuasirlValueError(f"horizon must be >= 1, got {H}")
+    if not 1 <= H <= MAX_HORIZON:
+        raise QuasirlValueError(f"horizon must be between 1 and {MAX_HORIZON:,}, got {H:,}")
+    if isinstance(n_temps, bool) or not isinstance(n_temps, int | np.integer) or n_temps < 1:
+        raise QuasirlValueError(f"--temps must be an integer >= 1, got {n_temps!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer)):
+        raise QuasirlValueError(f"--size must be an integer, got {size!r}")
     if not 0 < t_min < t_max:
         raise QuasirlValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
+    if size is None or size >= 1:  # (smaller sizes: the constructors say what is wrong)
+        _check_memory(world, size, slip, H, n_temps)  # before building anything
+    mdp, description = build_mdp(world, size, seed, slip)
+    _check_memory(world, size, slip, H, n_temps, J=int(mdp.pred.shape[1]))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     T = np.concatenate([np.geomspace(t_max, t_min, n_temps), [0.0]])
+    stages = Stages(4, "converge")
+    stages.next(f"F(T) at {len(T)} temperatures, horizon {H:,}")
     F = np.asarray(qr.free_energy(mdp, T, H), dtype=float)
+    stages.next("the T = 0 limit")
     limit = qr.evolve(mdp, 0.0, H)
     R_star, log_W = float(F[-1]), float(limit.log_normaliser)
     pos = T > 0
@@ -75,8 +146,10 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
     gap = R_star - F
     tol = 1e-9 * (1 + abs(R_star))
     bound_ok = bool(np.all((gap >= -tol) & (gap <= -T * log_W + tol)))
+    stages.next("optimal-path mass by dynamic programming")
     band = _mass_band(mdp, H, T, log_W)
 
+    stages.next("figures")
     fig = plots.plot_free_energy(T, F, R_star, -log_W,
                                  title=f"{description}, H = {H}: F(T) -> max R")
     plots.savefig(fig, out / "free_energy.png")
@@ -111,7 +184,8 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
         "seconds": time.perf_counter() - t0,
         "figures": ["free_energy.png", "optimal_path_mass.png"],
     }
-    (out / "convergence.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "convergence.json", summary, indent=2)
+    stages.close()
     return summary
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import typer
+
+from quasirl._jsonio import write_json
+from quasirl.cli._stages import Stages
 
 EXAMPLE = "Example: quasirl demo --out quasirl-out/demo --horizon 20"
 
@@ -19,13 +21,20 @@ def run_demo(out: Path, horizon: int = 20, n_temps: int = 36, t_max: float = 10.
 
     Returns the numbers written to ``summary.json``.
     """
-    from quasirl._validate import QuasirlValueError, check_horizon
+    from quasirl._validate import QuasirlValueError, check_horizon, check_memory
 
     check_horizon(horizon)
     if horizon < 1:
         raise QuasirlValueError(f"horizon must be >= 1 for the demo, got {horizon}")
     if not 0 < t_min < t_max:
         raise QuasirlValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
+    # the largest tables: the soft policy [3, H, S, A] with its backward values (float64),
+    # about 4 such tables alive at once
+    from quasirl._models import DEFAULT_LAYOUT, _parse_layout
+
+    cells = _parse_layout(DEFAULT_LAYOUT).size
+    check_memory("horizon", 4 * len(map_temps) * horizon * cells * 4 * 8.0,
+                 f"the demo at horizon {horizon:,}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with jax.enable_x64(True):  # scoped float64: the library never flips global config
@@ -46,6 +55,8 @@ def _demo(out, horizon, n_temps, t_max, t_min, map_temps):
     rows, cols = grid.shape
     T = np.concatenate([np.geomspace(t_max, t_min, n_temps), [0.0]])
 
+    stages = Stages(5, "demo")
+    stages.next(f"F(T) at {len(T)} temperatures, horizon {horizon:,}")
     F = np.asarray(qr.free_energy(mdp, T, horizon))
     max_return = float(F[-1])
     # Deterministic moves, uniform exploration, a point start: every path has weight A^-H,
@@ -53,14 +64,18 @@ def _demo(out, horizon, n_temps, t_max, t_min, map_temps):
     neg_log_w = horizon * np.log(A)
     # Probability of the max-return paths, and of the rest, each by its own dynamic programme
     # (no 1 - mass cancellation), with the asymptote N2 exp(-Delta/T) / W1 of the rest.
+    stages.next("optimal-path mass")
     mass = np.asarray(qr.paths.optimal_path_mass(mdp, T, horizon))
     rest = np.asarray(qr.paths.suboptimal_path_mass(mdp, T, horizon))
     gap = qr.paths.return_gap(mdp, horizon)
     asymptote = np.asarray(gap.asymptote(np.where(T > 0, T, 1.0)))
 
+    stages.next("soft policies")
     policies = np.asarray(qr.soft_policy(mdp, np.asarray(map_temps), horizon))[:, 0]
+    stages.next("occupancies")
     occ = np.stack([np.asarray(qr.occupancy(mdp, t, horizon)).sum(axis=(1, 2))
                     for t in map_temps])
+    stages.next("figures")
     flat = grid.ravel()
     labels = {i: c for i, c in enumerate(flat) if c not in "#."}
     walls = flat == "#"
@@ -94,7 +109,8 @@ def _demo(out, horizon, n_temps, t_max, t_min, map_temps):
         "seconds": time.perf_counter() - t0,
         "figures": ["free_energy.png", "optimal_path_mass.png", "soft_policy_maps.png"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
+    stages.close()
     return summary
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import typer
+
+from quasirl._jsonio import write_json
 
 EXAMPLE = (
     "Example: quasirl eigen --L 10,20,50,100 --sigma 10 --wf-N 30,300,3000 --out quasirl-out/eigen"
@@ -130,7 +131,7 @@ def run_eigen(out: Path, Ls=(10, 20, 50, 100), sigma: float = 10.0, points: int 
         },
         "seconds": time.perf_counter() - t0,
     }
-    (out / "eigen.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "eigen.json", summary, indent=1)
     return summary
 
 

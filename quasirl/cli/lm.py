@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import math
 import sys
 from pathlib import Path
 
 import typer
+
+from quasirl._jsonio import write_json
 
 EXAMPLE = ("Example: quasirl lm validate --model gemma3-270m --task capitals "
            "--out quasirl-out/lm   (or --server http://127.0.0.1:8000, or --model synthetic)")
@@ -27,13 +29,44 @@ _THREADS = typer.Option(None, help="CPU threads for local models (default: all c
 _TEMP = typer.Option(1.0, help="sampling temperature T")
 _SEED = typer.Option(0, help="seed of every random choice")
 _QUICK = typer.Option(False, help="tiny sizes (for tests)")
+_TIMEOUT = typer.Option(None, help="with --server: seconds one request attempt may take "
+                        "(default 30)")
+_BUDGET = typer.Option(None, help="with --server: seconds one request may take with all its "
+                       "retries, each retry reported on stderr (default 120)")
 
 
-def _setup(model, server, task, backend, threads):
+def _bad(message: str) -> ValueError:
+    """A bad option: the CLI prints it as one line ``error: ...`` and exits with status 2."""
+    from quasirl._validate import QuasirlValueError
+
+    return QuasirlValueError(message)
+
+
+def _finite(option: str, value, minimum: float | None = None, positive: bool = False):
+    """Refuse NaN / inf (and values below ``minimum``) for a numeric option, naming it."""
+    if value is None:
+        return value
+    if not math.isfinite(value):
+        raise _bad(f"{option} must be a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise _bad(f"{option} must be >= {minimum:g}, got {value}")
+    if positive and value <= 0:
+        raise _bad(f"{option} must be > 0, got {value}")
+    return value
+
+
+def _setup(model, server, task, backend, threads, timeout=None, retry_budget=None):
     from quasirl.lm import get_task, load
 
+    _finite("--timeout", timeout, positive=True)
+    _finite("--retry-budget", retry_budget, positive=True)
+    http = {k: v for k, v in (("timeout", timeout), ("retry_budget", retry_budget))
+            if v is not None}
+    if http and not server:
+        raise _bad(f"--{next(iter(http)).replace('_', '-')} applies only with "
+                                 "--server")
     t = get_task(task)
-    kwargs = {}
+    kwargs = dict(http)
     if threads is not None and not server and not model.startswith("synthetic"):
         kwargs["n_threads" if backend == "llamacpp" else "threads"] = threads
     lm = load(server or model, backend=backend, task=t, **kwargs)
@@ -57,7 +90,7 @@ def _verdict(p) -> str:
 
 def _write(out: Path, name: str, obj) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / name).write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+    write_json(out / name, obj, indent=1, sort_keys=True)
 
 
 def _print_calibration(cal: dict, console) -> None:
@@ -115,6 +148,7 @@ def _print_trajectory(tj: dict, console) -> None:
 @lm_app.command("calibrate", epilog="Example: quasirl lm calibrate --model smollm2-135m")
 def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                   backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+                  timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
                   queries: int = typer.Option(100, help="queries"),
                   samples: int = typer.Option(2, help="samples per query"),
                   signals: str = typer.Option("yesno,scale5,likelihood,gold",
@@ -129,9 +163,10 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     from quasirl.plots import _lm as plots
     from quasirl.plots._style import savefig
 
+    _finite("--temperature", temperature, 0.0)
     if quick:
         queries, samples = 10, 2
-    lm, t = _setup(model, server, task, backend, threads)
+    lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     sig = tuple(s.strip() for s in signals.split(",") if s.strip())
     recs = V.collect_calibration(lm, t, signals=sig, n_queries=queries, samples_per_query=samples,
                                  temperature=temperature, k=k, seed=seed,
@@ -147,6 +182,7 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
 @lm_app.command("transfer", epilog="Example: quasirl lm transfer --model gemma3-270m")
 def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                  backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+                 timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
                  queries: int = typer.Option(50, help="queries per wrong fraction b"),
                  samples: int = typer.Option(2, help="samples per query"),
                  k: int = typer.Option(4, help="context pairs (b k must be an integer)"),
@@ -163,16 +199,17 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     from quasirl.plots import _lm as plots
     from quasirl.plots._style import savefig
 
+    _finite("--temperature", temperature, 0.0)
     if quick:
         queries, samples = 6, 1
-    lm, t = _setup(model, server, task, backend, threads)
+    lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     try:
         bvals = tuple(float(b) for b in bs.split(","))
     except ValueError:
-        raise typer.BadParameter(f"--bs must be comma-separated numbers, got {bs!r}") from None
+        raise _bad(f"--bs must be comma-separated numbers, got {bs!r}") from None
     exp1 = out / "exp1_calibration.jsonl"
     if bank not in ("auto", "exp1", "gold"):
-        raise typer.BadParameter(f"--bank must be auto, exp1 or gold, got {bank!r}")
+        raise _bad(f"--bank must be auto, exp1 or gold, got {bank!r}")
     use_exp1 = bank == "exp1" or (bank == "auto" and exp1.exists())
     answers = None
     if use_exp1:
@@ -195,6 +232,7 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                                "--threshold 0.3 --rounds 3")
 def run_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
             backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+            timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
             arm: str = typer.Option("filtered", help="filtered | unfiltered | random | oracle"),
             signal: str = typer.Option("likelihood", help="yesno | scale5 | likelihood | gold"),
             acceptance: str = typer.Option("hard", help="hard (f >= threshold) | soft (p = f)"),
@@ -215,9 +253,12 @@ def run_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     from quasirl.plots import _lm as plots
     from quasirl.plots._style import savefig
 
+    _finite("--temperature", temperature, 0.0)
+    _finite("--threshold", threshold)
+    _finite("--accept-rate", accept_rate, 0.0)
     if quick:
         rounds, queries, samples = 2, 4, 2
-    lm, t = _setup(model, server, task, backend, threads)
+    lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     res = run_chaining(lm, t, get_fitness(signal) if arm == "filtered" else None, arm=arm,
                        rounds=rounds, queries_per_round=queries, samples_per_query=samples,
                        temperature=temperature, k=k, buffer_size=buffer_size,
@@ -242,6 +283,7 @@ def run_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
 @lm_app.command("validate", epilog=EXAMPLE)
 def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                  backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
+                 timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
                  signal: str = typer.Option("likelihood", help="fitness signal of the "
                                                                "filtered arm"),
                  signals: str = typer.Option("yesno,scale5,likelihood,gold",
@@ -258,7 +300,8 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
 
     from quasirl.lm import validate as V
 
-    lm, t = _setup(model, server, task, backend, threads)
+    _finite("--temperature", temperature, 0.0)
+    lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     sizes = {}
     if quick:
         sizes = {"exp1_queries": 10, "exp2_queries": 6, "exp2_samples": 1, "n_boot": 200}

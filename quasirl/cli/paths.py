@@ -3,12 +3,13 @@ optimal ones as T -> 0."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import typer
+
+from quasirl._jsonio import write_json
 
 EXAMPLE = "Example: quasirl paths --out quasirl-out/paths --horizon 6"
 
@@ -130,7 +131,7 @@ def _run_paths(out, horizon, n_temps, t_max, t_min, k_best) -> dict:
         "seconds": time.perf_counter() - t0,
         "figures": ["optimal_mass_asymptote.png", "unrolled_flow.png"],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     return summary
 
 

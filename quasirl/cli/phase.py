@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import typer
+
+from quasirl._jsonio import write_json
 
 EXAMPLE = (
     "Example: quasirl phase --diagram mdp --out quasirl-out/phase   "
@@ -17,7 +18,7 @@ DIAGRAMS = ("mdp", "eigen", "boost")
 
 
 def _sweep_kw(scheduler, dask, store, name):
-    kw = {"progress": True}
+    kw = {"progress": None}  # a bar on stderr when it is a terminal, none in logs and pipes
     if scheduler or dask:
         kw["backend"] = "dask"
         kw["scheduler"] = scheduler or None
@@ -26,12 +27,18 @@ def _sweep_kw(scheduler, dask, store, name):
     return kw
 
 
+def _mdp_grid(quick: bool):
+    """(T, mu) of the MDP diagram."""
+    mu = np.linspace(0.04, 0.5, 12 if quick else 40)
+    T = np.concatenate([[0.0], np.geomspace(0.02, 3.0, 16 if quick else 80)])
+    return T, mu
+
+
 def _mdp(out: Path, quick: bool, L: int, kw: dict) -> dict:
     from quasirl import phase, plots
     from quasirl._phase_sweep import netcdf_engine
 
-    mu = np.linspace(0.04, 0.5, 12 if quick else 40)
-    T = np.concatenate([[0.0], np.geomspace(0.02, 3.0, 16 if quick else 80)])
+    T, mu = _mdp_grid(quick)
     ds = phase.mdp_phase_diagram(T, mu, L=L, **kw)
     ds.to_netcdf(out / "mdp_phase.nc", engine=netcdf_engine())
     plots.savefig(plots.plot_mdp_phase(ds), out / "mdp_phase.png")
@@ -120,8 +127,16 @@ def run_phase(out: Path, diagrams=("mdp",), quick: bool = False, scheduler: str 
     if unknown:
         raise QuasirlValueError(f"--diagram must be among {', '.join(DIAGRAMS)} or all, "
                                 f"got {unknown[0]!r}")
+    if isinstance(L, bool) or not isinstance(L, int | np.integer):
+        raise QuasirlValueError(f"--L must be an integer, got {L!r}")
     if L < 2:
         raise QuasirlValueError(f"--L must be >= 2, got {L}")
+    if "mdp" in diagrams:  # before any diagram starts: refuse what cannot fit in memory
+        from quasirl._phase_mdp import check_phase_memory
+
+        T, mu = _mdp_grid(quick)
+        check_phase_memory(int(L), T.size * mu.size,
+                           sweep_kw=_sweep_kw(scheduler, dask, store, "mdp"), option="--L")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -134,7 +149,7 @@ def run_phase(out: Path, diagrams=("mdp",), quick: bool = False, scheduler: str 
             row["seconds"] = (time.perf_counter() - t0) / len(got)
         rows.extend(got)
     summary = {"diagrams": rows, "scheduler": scheduler, "quick": quick}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary, indent=2)
     return summary
 
 

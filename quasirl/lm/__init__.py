@@ -14,7 +14,9 @@ the kept pairs in the context, repeat. This package runs that loop on real model
   ``Task.from_pairs``, ``Task.from_file``;
 * fitness signals: :class:`SurveyFitness` (``YES_NO``, ``FIVE_POINT``),
   :class:`LikelihoodFitness`, :class:`GoldFitness`; hard or soft acceptance;
-* the loop :func:`run_chaining` with resumable JSONL records (:class:`RecordLog`);
+* the loop :func:`run_chaining` with resumable, checksummed JSONL records (:class:`RecordLog`);
+  every number a model or server returns is checked (:class:`LMValueError` when it cannot be
+  right), and a failing backend raises :class:`LMError` with a one-line message;
 * :mod:`quasirl.lm.validate`: Exp 1 (evaluator ROC), Exp 2 (transfer function), Exp 3
   (predicted vs observed trajectory).
 """
@@ -53,6 +55,7 @@ from ._transformers import convert_gguf as convert_gguf
 from ._types import LM as LM
 from ._types import CachedLM as CachedLM
 from ._types import LMError as LMError
+from ._types import LMValueError as LMValueError
 from ._types import Sample as Sample
 from ._types import Score as Score
 from ._types import label_probs as label_probs

@@ -23,7 +23,14 @@ from .._validate import QuasirlValueError
 from ._fitness import GoldFitness, accept
 from ._records import RecordLog
 from ._tasks import Task
-from ._types import LM, sample_seed
+from ._types import (
+    LM,
+    LMError,
+    check_number,
+    check_probability,
+    check_sample,
+    sample_seed,
+)
 
 ARMS = ("filtered", "unfiltered", "random", "oracle")
 KEY = ("round", "qid", "sample")
@@ -85,6 +92,26 @@ def _positive_int(name, v, minimum=1):
     return int(v)
 
 
+def checked_samples(samples, n: int, where: str) -> list:
+    """The ``n`` samples of one query (``where`` names it), each checked by ``check_sample``: a
+    NaN or positive log-probability from any backend fails here, before it reaches a record."""
+    samples = list(samples)
+    if len(samples) != n:
+        raise LMError(f"{where}: the backend returned {len(samples)} samples, {n} were asked for")
+    return [check_sample(s, f"{where}, sample {j}") for j, s in enumerate(samples)]
+
+
+def checked_fitness(f, n: int, where: str) -> np.ndarray:
+    """A fitness signal's values for the ``n`` samples of one query: shape (n,), each a
+    probability in [0, 1] (else LMValueError naming ``where``, the sample and the value)."""
+    f = np.asarray(f, dtype=np.float64)
+    if f.shape != (n,):
+        raise QuasirlValueError(f"{where}: fitness returned shape {f.shape} for {n} samples")
+    for j, v in enumerate(f):
+        check_probability(v, f"{where}, sample {j}", "fitness")
+    return f
+
+
 def summarize(records: Sequence[dict], rounds: int) -> list[RoundSummary]:
     """Per-round counts from records (rounds 0 .. rounds)."""
     out = []
@@ -130,7 +157,10 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
       progress: called with the number of new samples after each query (e.g. ``tqdm.update``).
 
     Returns a :class:`ChainResult` with every record and per-round error rates eps_n, accepted
-    fractions and wrong fractions among the accepted w_n.
+    fractions and wrong fractions among the accepted w_n. Every sample's log-probabilities and
+    every fitness value are checked before they are recorded: a NaN, an infinity, a
+    log-probability above 0 or a fitness outside [0, 1] raises :class:`LMValueError` naming the
+    backend, round, query and sample. ``threshold`` and ``temperature`` must be finite.
     """
     if arm not in ARMS:
         raise QuasirlValueError(f"arm must be one of {ARMS}, got {arm!r}")
@@ -145,6 +175,8 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
         buffer_size = _positive_int("buffer_size", buffer_size)
     if acceptance not in ("hard", "soft"):
         raise QuasirlValueError(f"acceptance must be 'hard' or 'soft', got {acceptance!r}")
+    threshold = check_number("threshold", threshold)
+    temperature = check_number("temperature", temperature, 0.0)
     if arm == "filtered" and fitness is None:
         raise QuasirlValueError("fitness is required for arm='filtered'")
     if arm == "oracle":
@@ -176,6 +208,7 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
         else [float(x) for x in rates], "max_tokens": int(max_tokens), "seed": int(seed),
         "split_seed": int(split_seed)}
     log = RecordLog(records, meta, KEY)
+    lm_name = meta["lm"]
     by_id = {it.id: it for it in task.items}
     buffer = [(d.id, d.answer, True, f"demo:{d.id}") for d in demos]
     try:
@@ -193,10 +226,12 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
                 gseed = sample_seed(seed, r, q)
                 samples = lm.generate([prompt], n=n_per, temperature=temperature,
                                       max_tokens=max_tokens, stop=("\n",), seed=gseed)[0]
+                where = f"backend {lm_name}, round {r}, query {q} ({item.id!r})"
+                samples = checked_samples(samples, n_per, where)
                 correct = [task.check(item, s.text) for s in samples]
                 f = None
                 if fitness is not None:
-                    f = np.asarray(fitness(lm, task, [item] * n_per, samples), dtype=np.float64)
+                    f = checked_fitness(fitness(lm, task, [item] * n_per, samples), n_per, where)
                 u = np.random.default_rng(sample_seed(seed, r, q, 2)).random(n_per)
                 if arm in ("filtered", "oracle"):
                     acc = accept(f, acceptance, threshold, u)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .._validate import QuasirlValueError
 from ._tasks import Item, Task, normalize
-from ._types import LM, Sample, label_probs
+from ._types import LM, Sample, check_logprob, check_number, label_probs
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,8 @@ class LikelihoodFitness:
     """Own likelihood: f = exp(log p(answer | prompt) / beta), from the sample's raw log-probs.
 
     An empty answer gets f = 0. ``beta`` > 0 tempers the sequence probability (beta = 1: the
-    probability itself).
+    probability itself). A log-probability that cannot be one (NaN, inf, above 0 by more than
+    ``LOGPROB_TOL``) raises :class:`LMValueError` instead of becoming f = 1.
     """
 
     def __init__(self, beta: float = 1.0):
@@ -100,7 +101,11 @@ class LikelihoodFitness:
         self.name = "likelihood"
 
     def __call__(self, lm, task, items, samples) -> np.ndarray:
-        lp = np.array([s.logprob for s in samples], dtype=np.float64)
+        # a log-probability above 0 (or NaN, inf) would become f = 1 and be accepted: refuse it
+        lp = np.array([check_logprob(s.logprob, f"likelihood fitness: sample {i} of item "
+                                     f"{it.id!r} ({s.text!r})")
+                       for i, (it, s) in enumerate(zip(items, samples, strict=True))],
+                      dtype=np.float64)
         f = np.exp(np.minimum(lp, 0.0) / self.beta)
         f[[not s.text.strip() for s in samples]] = 0.0
         return f
@@ -129,9 +134,18 @@ def get_fitness(name: str, beta: float = 1.0):
 
 
 def accept(f, mode: str, threshold: float, u) -> np.ndarray:
-    """Acceptance: hard keeps f >= threshold; soft keeps with probability f (u uniform[0,1))."""
+    """Acceptance: hard keeps f >= threshold; soft keeps with probability f (u uniform[0,1)).
+
+    ``f`` must hold probabilities (finite, in [0, 1]) and ``threshold`` be finite: a NaN would
+    silently accept or reject everything.
+    """
     f = np.asarray(f, dtype=np.float64)
+    bad = np.flatnonzero(~((f >= 0) & (f <= 1)))
+    if bad.size:
+        raise QuasirlValueError(f"f[{bad[0]}] = {float(f.flat[bad[0]])!r} must be a probability "
+                                "in [0, 1]")
     if mode == "hard":
+        check_number("threshold", threshold)
         return f >= threshold
     if mode == "soft":
         return np.asarray(u) < f

@@ -9,13 +9,19 @@ generates one greedy token after a probe prompt and checks that scoring that sam
 instead of returning wrong numbers. Chat-only endpoints cannot return prompt log-probabilities
 at all and are refused the same way.
 
-Transient failures (connection refused while a server restarts, timeouts, HTTP 429 / 5xx) are
-retried with exponential backoff. The API key is read from the environment and never appears in
-names, errors or records.
+Transient failures (timeouts, HTTP 429 / 5xx, connection refused while a server restarts) are
+retried with exponential backoff, each retry logged as a warning on the ``quasirl.lm`` logger
+(attempt k of n, the error, the wait), within a bounded time per request (``retry_budget``); a
+connection refused before the server ever answered is retried only ``connect_retries`` times,
+since no server is there. When retries end, :class:`LMError` says in one line which URL failed,
+how and why it stopped. Every number the server returns is checked (finite log-probabilities
+<= 0): a broken one raises :class:`LMValueError` naming the prompt, sample and token. The API
+key is read from the environment and never appears in names, errors or records.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -28,15 +34,30 @@ from ._types import (
     Sample,
     Score,
     check_generate_args,
+    check_logprob,
     check_score_args,
     sample_seed,
     truncate_at_stop,
 )
 
+log = logging.getLogger("quasirl.lm")
+
 PROBE_PROMPT = "The capital of France is"
 PROBE_TOL = 0.05  # nats; batch-size numerics of one model differ by ~1e-3
 _TRANSIENT = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
               httpx.TimeoutException, httpx.PoolTimeout)
+_NO_CONNECTION = (httpx.ConnectError, httpx.ConnectTimeout)
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection (at most ``timeout``)
+
+
+def _oneline(text, limit: int) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[:limit - 3] + "..."
+
+
+def _describe(e: Exception) -> str:
+    return _oneline(f"{type(e).__name__}: {e}", 200)
 
 
 class OpenAICompatibleLM:
@@ -46,33 +67,48 @@ class OpenAICompatibleLM:
       url: server address, e.g. ``http://127.0.0.1:8000`` (``/v1`` is appended if missing).
       model: model id sent with each request (default: the first of ``/v1/models``).
       api_key_env: environment variable holding the API key (sent as a Bearer token if set).
-      timeout: seconds per request.
+      timeout: seconds one attempt may take (opening the connection: at most 10 of them).
       max_retries, backoff, max_backoff: retry transient failures up to ``max_retries`` times,
         waiting backoff * 2**attempt seconds (at most ``max_backoff``) in between.
+      retry_budget: seconds one request may take with all its retries; no retry starts past it,
+        and the last attempt's timeout is cut to what is left. With the defaults a hung server
+        fails a request after about 2 minutes (not 9 x 60 s), logging each retry.
+      connect_retries: retries of a refused connection before the server has ever answered
+        (no server at that address: fail in seconds); once it has answered, a refused
+        connection is a restart and is retried like any transient failure.
       sampling: extra sampling fields sent with every generation request; the default turns off
         top-k and min-p truncation on llama.cpp servers (vLLM: pass ``{"top_k": -1}``), so that
         samples follow p ∝ exp(logit / T).
     """
 
     def __init__(self, url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, max_retries: int = 8, backoff: float = 0.5,
-                 max_backoff: float = 10.0, sampling: dict | None = None,
+                 timeout: float = 30.0, max_retries: int = 8, backoff: float = 0.5,
+                 max_backoff: float = 10.0, retry_budget: float = 120.0,
+                 connect_retries: int = 2, sampling: dict | None = None,
                  name: str | None = None):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise QuasirlValueError(f"url must start with http:// or https://, got {url!r}")
         base = url.rstrip("/")
         self.base = base if base.endswith("/v1") else base + "/v1"
-        if not (isinstance(max_retries, int) and max_retries >= 0):
-            raise QuasirlValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        for nm, v in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+        for nm, v in (("max_retries", max_retries), ("connect_retries", connect_retries)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise QuasirlValueError(f"{nm} must be an integer >= 0, got {v!r}")
+        for nm, v in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff),
+                      ("retry_budget", retry_budget)):
+            if isinstance(v, bool) or not (isinstance(v, int | float) and math.isfinite(v)
+                                           and v >= 0):
                 raise QuasirlValueError(f"{nm} must be a finite number >= 0, got {v!r}")
+            if nm in ("timeout", "retry_budget") and v == 0:
+                raise QuasirlValueError(f"{nm} must be > 0, got {v!r}")
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.timeout, self.retry_budget = float(timeout), float(retry_budget)
+        self.connect_retries = connect_retries
+        self._reached = False  # has the server ever answered (any HTTP status)?
         self.sampling = {"top_k": 0, "min_p": 0.0, "top_p": 1.0} if sampling is None \
             else dict(sampling)
         key = os.environ.get(api_key_env) if api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self._client = httpx.Client(timeout=self._timeout(self.timeout), headers=headers)
         self._model = model
         self.name = name or (model or self.base)
         self.retries = 0  # transient failures survived so far
@@ -85,33 +121,62 @@ class OpenAICompatibleLM:
         self._client.close()
 
     # -- HTTP -----------------------------------------------------------------------------
+    def _timeout(self, left: float) -> httpx.Timeout:
+        t = max(min(self.timeout, left), 0.01)
+        return httpx.Timeout(t, connect=min(t, CONNECT_TIMEOUT))
+
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
-        last = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.retries += 1
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+        """One request, retried on transient failures within ``retry_budget`` seconds."""
+        url = self.base + path
+        n = self.max_retries + 1
+        t0 = time.monotonic()
+        for attempt in range(1, n + 1):
+            refused = False
             try:
-                r = self._client.request(method, self.base + path, json=payload)
+                r = self._client.request(method, url, json=payload, timeout=self._timeout(
+                    self.retry_budget - (time.monotonic() - t0)))
             except _TRANSIENT as e:
-                last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                continue
-            if r.status_code == 404 and path == "/completions":
-                raise LMError(f"server {self.base} has no /v1/completions endpoint; chat-only "
-                              "endpoints cannot return the log-probabilities quasirl needs")
-            if r.status_code >= 400:
-                raise LMError(f"server {self.base}{path} answered HTTP {r.status_code}: "
-                              f"{r.text[:300]}")
-            try:
-                return r.json()
-            except ValueError:
-                raise LMError(f"server {self.base}{path} returned non-JSON: {r.text[:200]!r}") \
-                    from None
-        raise LMError(f"server {self.base}{path} failed {self.max_retries + 1} times; last "
-                      f"error: {last}")
+                last, refused = _describe(e), isinstance(e, _NO_CONNECTION)
+            else:
+                self._reached = True
+                if r.status_code != 429 and r.status_code < 500:
+                    return self._answer(r, url, path)
+                last = f"HTTP {r.status_code}: {_oneline(r.text, 200)}"
+            elapsed = time.monotonic() - t0
+            wait = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+            if attempt == n:
+                why = f"max_retries={self.max_retries} reached"
+                break
+            if refused and not self._reached and attempt > self.connect_retries:
+                why = "it never answered: is a server running at this address?"
+                break
+            if elapsed + wait >= self.retry_budget:
+                why = (f"retry budget of {self.retry_budget:g} s spent; for a slow server "
+                       f"raise it or the timeout of {self.timeout:g} s per attempt")
+                break
+            tries = min(n, self.connect_retries + 1) if refused and not self._reached else n
+            log.warning("server %s: attempt %d of %d failed (%s); retrying in %.3g s "
+                        "(%.0f s of the %g s retry budget left)", url, attempt, tries, last,
+                        wait, self.retry_budget - elapsed, self.retry_budget)
+            self.retries += 1
+            time.sleep(wait)
+        raise LMError(f"server {url} failed {attempt} times; last error: {last} "
+                      f"({elapsed:.1f} s; {why})")
+
+    def _answer(self, r: httpx.Response, url: str, path: str) -> dict:
+        if r.status_code == 404 and path == "/completions":
+            raise LMError(f"server {self.base} has no /v1/completions endpoint; chat-only "
+                          "endpoints cannot return the log-probabilities quasirl needs")
+        if r.status_code >= 400:
+            raise LMError(f"server {url} answered HTTP {r.status_code}: {_oneline(r.text, 300)}")
+        try:
+            out = r.json()
+        except ValueError:
+            raise LMError(f"server {url} returned non-JSON: {_oneline(r.text, 200)!r}") from None
+        if not isinstance(out, dict):
+            raise LMError(f"server {url} returned JSON that is not an object: "
+                          f"{_oneline(repr(out), 200)}")
+        return out
 
     @property
     def model(self) -> str:
@@ -119,7 +184,11 @@ class OpenAICompatibleLM:
             data = self._request("GET", "/models").get("data") or []
             if not data:
                 raise LMError(f"server {self.base} lists no models")
-            self._model = data[0]["id"]
+            try:
+                self._model = str(data[0]["id"])
+            except (KeyError, IndexError, TypeError):
+                raise LMError(f"server {self.base}/models returned no model id: "
+                              f"{_oneline(repr(data), 200)}") from None
         return self._model
 
     def _complete(self, payload: dict) -> dict:
@@ -127,8 +196,8 @@ class OpenAICompatibleLM:
         try:
             return out["choices"][0]
         except (KeyError, IndexError, TypeError):
-            raise LMError(f"server {self.base} returned no completion choice: {out!r:.200}") \
-                from None
+            raise LMError(f"server {self.base} returned no completion choice: "
+                          f"{_oneline(repr(out), 200)}") from None
 
     # -- the protocol ---------------------------------------------------------------------
     def generate(self, prompts, n=1, temperature=1.0, max_tokens=16, stop=("\n",), seed=0):
@@ -144,11 +213,12 @@ class OpenAICompatibleLM:
                            "seed": sample_seed(seed, i, j) % 2**31, **self.sampling}
                 if stop:
                     payload["stop"] = list(stop)
-                row.append(self._sample(self._complete(payload), stop))
+                row.append(self._sample(self._complete(payload), stop,
+                                        f"server {self.base}: prompt {i}, sample {j}"))
             out.append(row)
         return out
 
-    def _sample(self, choice: dict, stop) -> Sample:
+    def _sample(self, choice: dict, stop, where: str) -> Sample:
         lp = choice.get("logprobs") or {}
         tl = lp.get("token_logprobs")
         if tl is None:
@@ -158,11 +228,11 @@ class OpenAICompatibleLM:
         text, _ = truncate_at_stop(choice.get("text") or "", stop)
         toks = lp.get("tokens") or [""] * len(tl)
         kept, acc = [], ""
-        for tok, v in zip(toks, tl, strict=False):  # drop tokens past a stop string
+        for t, (tok, v) in enumerate(zip(toks, tl, strict=False)):  # drop tokens past a stop
             if len(acc) >= len(text) and tok and acc:
                 break
             acc += tok or ""
-            kept.append(float(v))
+            kept.append(check_logprob(v, f"{where}, token {t} ({tok!r})"))
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
         return Sample(text=text, token_logprobs=tuple(kept), finish=finish)
 
@@ -184,10 +254,11 @@ class OpenAICompatibleLM:
         if start not in offsets:
             raise LMError(f"server {self.base}: the continuation {continuation!r} does not start "
                           "on a token boundary of the prompt's tokenisation")
-        vals = [v for o, v in zip(offsets, tl, strict=False) if start <= o < end]
-        if any(v is None for v in vals) or not vals:
+        vals = [(o, v) for o, v in zip(offsets, tl, strict=False) if start <= o < end]
+        if any(v is None for _, v in vals) or not vals:
             raise LMError(f"server {self.base} returned no log-probability for a prompt token")
-        return [float(v) for v in vals]
+        return [check_logprob(v, f"server {self.base}: echo of {continuation!r}, token at "
+                                 f"offset {o}", allow_neg_inf=True) for o, v in vals]
 
     def check_scoring(self) -> None:
         """Probe once: echo log-probs must match the server's own generation log-probs."""
@@ -201,12 +272,13 @@ class OpenAICompatibleLM:
         g_lp = (gen.get("logprobs") or {}).get("token_logprobs") or [None]
         if not tok or g_lp[0] is None:
             raise LMError(f"server {self.base}: probe generation returned no token log-prob")
+        g0 = check_logprob(g_lp[0], f"server {self.base}: probe generation of {tok!r}")
         echoed = self._echo(PROBE_PROMPT, tok)
-        if abs(sum(echoed) - float(g_lp[0])) > PROBE_TOL:
+        if not abs(sum(echoed) - g0) <= PROBE_TOL:
             self._score_checked = LMError(
                 f"server {self.base} cannot score prompts: its echo log-probability of "
                 f"{tok!r} after {PROBE_PROMPT!r} is {sum(echoed):.3f}, but it generated that "
-                f"token with log-probability {float(g_lp[0]):.3f} (llama-cpp-python's server "
+                f"token with log-probability {g0:.3f} (llama-cpp-python's server "
                 "0.3.x shifts echo log-probs by one token). Use a server that scores prompts "
                 "correctly (e.g. vLLM) or a local backend for the survey trick; generation and "
                 "likelihood fitness work.")

@@ -15,6 +15,8 @@ from ._types import (
     Sample,
     Score,
     check_generate_args,
+    check_logprob,
+    check_sample,
     check_score_args,
     sample_seed,
     truncate_at_stop,
@@ -96,7 +98,8 @@ class TokenLM:
             row = []
             for j in range(n):
                 rng = np.random.default_rng(sample_seed(seed, i, j))
-                row.append(self._sample_one(pids, t, max_tokens, stop, rng, eog))
+                row.append(check_sample(self._sample_one(pids, t, max_tokens, stop, rng, eog),
+                                        f"model {self.name}: prompt {i}, sample {j}"))
             out.append(row)
         return out
 
@@ -130,8 +133,10 @@ class TokenLM:
         """log p(continuation | prompt): prompt tokens (with BOS) then continuation tokens."""
         prompts, continuations = check_score_args(prompts, continuations)
         out = []
-        for p, c in zip(prompts, continuations, strict=True):
+        for i, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
             lp = self.continuation_logprobs(self.tokenize(p, bos=True),
                                             self.tokenize(c, bos=False))
-            out.append(Score(total=float(np.sum(lp)), token_logprobs=tuple(float(x) for x in lp)))
+            vals = tuple(check_logprob(x, f"model {self.name}: score {i} ({c!r}), token {t}",
+                                       allow_neg_inf=True) for t, x in enumerate(lp))
+            out.append(Score(total=float(np.sum(vals)), token_logprobs=vals))
         return out

@@ -22,6 +22,64 @@ class LMError(RuntimeError):
     """A backend could not do what was asked (server down after retries, unusable scores...)."""
 
 
+class LMValueError(LMError, ValueError):
+    """A model, a server or a fitness signal gave a number that cannot be right: NaN or inf, a
+    log-probability above 0, a probability outside [0, 1]. The message names the quantity, the
+    value and where it came from (server or backend, prompt or round / query / sample)."""
+
+
+# A log-probability may exceed 0 by this much (nats) and is then read as log 1: float32 servers
+# round log p(token) for p ~ 1 to a few 1e-7 above 0. Anything larger is a broken number.
+LOGPROB_TOL = 1e-4
+
+
+def check_logprob(value, where: str, *, allow_neg_inf: bool = False) -> float:
+    """``value`` as a float if it can be a log-probability, else :class:`LMValueError`.
+
+    It must be a real number, not NaN, not +inf and <= LOGPROB_TOL; -inf (probability 0) only
+    with ``allow_neg_inf`` (a score may be impossible; a sampled token never is).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise LMValueError(f"{where}: log-probability must be a number, got {value!r}")
+    x = float(value)
+    if math.isnan(x) or x == math.inf or (x == -math.inf and not allow_neg_inf):
+        raise LMValueError(f"{where}: log-probability {x!r} is not finite")
+    if x > LOGPROB_TOL:
+        raise LMValueError(f"{where}: log-probability {x!r} is > 0 (a probability above 1)")
+    return x
+
+
+def check_probability(value, where: str, name: str = "probability") -> float:
+    """``value`` as a float if it is a probability (finite, in [0, 1]), else LMValueError."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise LMValueError(f"{where}: {name} must be a number, got {value!r}") from None
+    if not 0.0 <= x <= 1.0:  # also refuses NaN
+        raise LMValueError(f"{where}: {name} {x!r} is not a probability in [0, 1]")
+    return x
+
+
+def check_sample(sample: Sample, where: str) -> Sample:
+    """Refuse a sample whose token log-probabilities cannot be right (see check_logprob)."""
+    if not isinstance(sample, Sample):
+        raise LMValueError(f"{where}: a backend must return Sample objects, got "
+                           f"{type(sample).__name__}")
+    for t, v in enumerate(sample.token_logprobs):
+        check_logprob(v, f"{where}, token {t}" if len(sample.token_logprobs) > 1 else where)
+    return sample
+
+
+def check_number(name: str, value, minimum: float | None = None) -> float:
+    """A finite real argument (optionally >= ``minimum``), else QuasirlValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+            or not math.isfinite(value):
+        raise QuasirlValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise QuasirlValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One sampled continuation.
@@ -135,7 +193,8 @@ def label_probs(lm: LM, prompts: Sequence[str], labels: Sequence[str]) -> np.nda
     For each prompt, p(label_j) = exp(l_j) / sum_i exp(l_i) with l_j = log p(label_j | prompt)
     the model's raw log-probability of the whole label string (so multi-token labels are exact),
     normalised over the label set. Returns an array [len(prompts), len(labels)] whose rows sum
-    to 1.
+    to 1. A score that cannot be a log-probability (NaN, +inf, above 0) raises
+    :class:`LMValueError`; -inf is a label of probability 0.
     """
     prompts = check_prompts("prompts", prompts)
     labels = check_prompts("labels", labels)
@@ -147,8 +206,16 @@ def label_probs(lm: LM, prompts: Sequence[str], labels: Sequence[str]) -> np.nda
         return np.zeros((0, len(labels)))
     flat_p = [p for p in prompts for _ in labels]
     flat_c = [c for _ in prompts for c in labels]
-    lp = np.array([s.total for s in lm.score(flat_p, flat_c)], dtype=np.float64)
-    lp = lp.reshape(len(prompts), len(labels))
+    scores = lm.score(flat_p, flat_c)
+    if len(scores) != len(flat_p):
+        raise LMError(f"backend {getattr(lm, 'name', type(lm).__name__)} returned "
+                      f"{len(scores)} scores for {len(flat_p)} (prompt, label) pairs")
+    name = getattr(lm, "name", type(lm).__name__)
+    lp = np.array([check_logprob(getattr(s, "total", s), f"backend {name}, prompt "
+                                 f"{i // len(labels)}, label {labels[i % len(labels)]!r}",
+                                 allow_neg_inf=True)
+                   for i, s in enumerate(scores)], dtype=np.float64)
+    lp = np.minimum(lp.reshape(len(prompts), len(labels)), 0.0)
     m = lp.max(axis=1, keepdims=True)
     if not np.all(np.isfinite(m)):
         i = int(np.argmin(np.isfinite(m[:, 0])))

@@ -24,7 +24,6 @@ Uncertainty comes from resampling queries (cluster bootstrap, see ``_stats``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import chi2
 
+from .._jsonio import write_json
 from .._validate import QuasirlValueError
-from ._chaining import ARMS, ChainResult, run_chaining
+from ._chaining import ARMS, ChainResult, checked_fitness, checked_samples, run_chaining
 from ._fitness import get_fitness
 from ._records import RecordLog
 from ._stats import (
@@ -47,7 +47,7 @@ from ._stats import (
     youden_threshold,
 )
 from ._tasks import Task
-from ._types import LM, CachedLM, sample_seed
+from ._types import LM, CachedLM, check_number, sample_seed
 
 __all__ = ["Calibration", "Prediction", "Trajectory", "Transfer", "analyze_calibration",
            "analyze_transfer", "calibrate", "collect_calibration", "collect_transfer",
@@ -129,6 +129,7 @@ def collect_calibration(lm: LM, task: Task, *, signals=SIGNALS, n_queries: int =
     n_queries = _check_int("n_queries", n_queries)
     n_per = _check_int("samples_per_query", samples_per_query)
     k = _check_int("k", k)
+    temperature = check_number("temperature", temperature, 0.0)
     demos, pool = task.split(_check_int("n_demos", n_demos, k), split_seed)
     if n_queries > len(pool):
         raise QuasirlValueError(
@@ -152,7 +153,10 @@ def collect_calibration(lm: LM, task: Task, *, signals=SIGNALS, n_queries: int =
             gseed = sample_seed(seed, 101, q)
             samples = lm.generate([prompt], n=n_per, temperature=temperature,
                                   max_tokens=max_tokens, stop=("\n",), seed=gseed)[0]
-            f = {s: fit(lm, task, [item] * n_per, samples) for s, fit in fits.items()}
+            where = f"backend {lm.name}, Exp 1 query {q} ({item.id!r})"
+            samples = checked_samples(samples, n_per, where)
+            f = {s: checked_fitness(fit(lm, task, [item] * n_per, samples), n_per,
+                                    f"{where}, signal {s}") for s, fit in fits.items()}
             new = 0
             for j, smp in enumerate(samples):
                 if log.has(item.id, j):
@@ -246,6 +250,12 @@ def analyze_calibration(records: Sequence[dict], signals=None, *, threshold="you
         raise QuasirlValueError(f"acceptance must be 'hard' or 'soft', got {acceptance!r}")
     signals = _check_signals(signals or list(records[0]["fitness"]))
     n_boot = _check_int("n_boot", n_boot)
+    split = check_number("split", split)
+    for s in signals:
+        th_spec = threshold.get(s, "youden") if isinstance(threshold, dict) else threshold
+        if not (isinstance(th_spec, str) and th_spec == "youden"):
+            check_number(f"threshold of signal {s!r}" if isinstance(threshold, dict)
+                          else "threshold", th_spec)
     qids = np.array([r["qid"] for r in records])
     correct = np.array([r["correct"] for r in records], dtype=bool)
     wrong = ~correct
@@ -388,6 +398,7 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
     k = _check_int("k", k)
     n_queries = _check_int("n_queries", n_queries)
     n_per = _check_int("samples_per_query", samples_per_query)
+    temperature = check_number("temperature", temperature, 0.0)
     bs = [float(b) for b in bs]
     for i, b in enumerate(bs):
         if not 0 <= b <= 1 or abs(b * k - round(b * k)) > 1e-9:
@@ -421,6 +432,9 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
                 gseed = sample_seed(seed, 202, bi, q)
                 samples = lm.generate([prompt], n=n_per, temperature=temperature,
                                       max_tokens=max_tokens, stop=("\n",), seed=gseed)[0]
+                samples = checked_samples(
+                    samples, n_per, f"backend {lm.name}, Exp 2 b = {b}, query {q} "
+                                    f"({item.id!r})")
                 new = 0
                 for j, smp in enumerate(samples):
                     if log.has(bi, item.id, j):
@@ -676,6 +690,15 @@ def compare(prediction: Prediction, runs: dict[str, ChainResult]) -> dict:
             "pass": None if p_val is None else bool(p_val > 0.05)}
 
 
+def _finite_threshold(th) -> float:
+    """Exp 1's operating threshold as a finite number for the loop's hard acceptance: None
+    (soft acceptance) is unused, and Youden's "accept nothing" (+inf) is any threshold above 1,
+    the largest fitness (records hold finite numbers only)."""
+    if th is None:
+        return 0.5
+    return float(th) if np.isfinite(th) else 2.0
+
+
 def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer, *,
                signal: str = "likelihood", arms=ARMS, rounds: int = 3,
                queries_per_round: int = 40, samples_per_query: int = 4,
@@ -708,7 +731,7 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
             rounds=rounds, queries_per_round=queries_per_round,
             samples_per_query=samples_per_query, temperature=temperature, k=k,
             n_demos=n_demos, buffer_size=buffer_size, acceptance=acceptance,
-            threshold=sig["threshold"] if sig["threshold"] is not None else 0.5,
+            threshold=_finite_threshold(sig["threshold"]),
             accept_rate=[float(x) for x in runs["filtered"].accept_rate]
             if arm == "random" else None,
             max_tokens=max_tokens, seed=seed, split_seed=split_seed, records=path,
@@ -723,7 +746,7 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n")
+    write_json(path, obj, indent=1, sort_keys=True)
 
 
 def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIGNALS,
