@@ -2,7 +2,7 @@
 
 A population of attempts replicates with fitness exp(r/T); iterating the quasispecies equation
 over an MDP sums over every path weighted by exp(R/T) (a path integral), and as T -> 0 only the
-optimal paths survive (the max-plus limit). See DESIGN.md for the mathematics.
+optimal paths survive (the max-plus limit). See docs/theory.md for the mathematics.
 
 Importing quasirl loads its native CPU kernels, compiling them first if this machine and
 instruction set have no build in the cache (tens of seconds, once; ``QUASIRL_NATIVE=0``

@@ -1,10 +1,10 @@
 """Quasispecies dynamics on an MDP: forward populations, backward desirabilities, soft policy.
 
-Forward step (DESIGN.md):  n_{t+1}(s') = sum_{s,a} n_t(s) policy(a|s) P(s'|s,a) exp(R(s,a,s')/T),
-n_0 = init, sum_s n_H(s) = Z(T). The kernels carry u = T log n (value units, see
-``quasirl.semiring``), normalise each step by its maximum and add the shift to an accumulator, so
-F(T) = T log Z is a sum of O(reward) numbers for every T >= 0 and the same code is the max-plus
-recursion at T = 0.
+Forward step (docs/theory.md):
+n_{t+1}(s') = sum_{s,a} n_t(s) policy(a|s) P(s'|s,a) exp(R(s,a,s')/T), n_0 = init,
+sum_s n_H(s) = Z(T). The kernels carry u = T log n (value units, see ``quasirl.semiring``),
+normalise each step by its maximum and add the shift to an accumulator, so F(T) = T log Z is a
+sum of O(reward) numbers for every T >= 0 and the same code is the max-plus recursion at T = 0.
 
 Jit policy: the private ``_*_batch`` functions are jitted (horizon static) and vmapped over a
 1-D array of temperatures; public functions validate on concrete input, call them once, and

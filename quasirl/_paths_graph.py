@@ -1,7 +1,7 @@
 """The time-unrolled graph of an MDP: merged edge tables, reachability, counting, enumeration.
 
 A *path* of horizon H is p = (s0, a0, s1, ..., a_{H-1}, s_H) with positive weight
-w_p = init(s0) * prod_t policy(a_t|s_t) P(s_{t+1}|s_t, a_t) (DESIGN.md). The successor lists of
+w_p = init(s0) * prod_t policy(a_t|s_t) P(s_{t+1}|s_t, a_t) (docs/theory.md). The successor lists of
 an MDP may list the same successor twice for one action (a gridworld with slip that bumps into a
 wall both ways); such outcomes are merged into one *edge* (s, a, s') with their probabilities
 summed, so that a path is a sequence of states and actions, as in the essay. Two outcomes with the

@@ -23,7 +23,7 @@ loss (1-mu)^L, Eigen's error threshold sigma (1-mu)^L = 1 with sigma = e^{dr/T}.
 The exact crossing is T*(mu) = dr / (-L ln(1-mu) + ln(1 - w)); T_c / T* = 1 + ln(1-w)/(-ln w),
 so the prediction is low by less than 10% once -L ln(1-mu) >= 2 (roughly mu L >= 2), and by
 less than 1% once -L ln(1-mu) >= 4.6. Reference: M. Eigen, Naturwissenschaften 58, 465 (1971)
-for the threshold; the MDP reading is quasirl's (DESIGN.md, "selection on samples is RL").
+for the threshold; the MDP reading is quasirl's (docs/theory.md).
 """
 
 from __future__ import annotations

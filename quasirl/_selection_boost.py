@@ -278,7 +278,7 @@ def boost(eps0, tpr, fpr, rounds: int):
     eps0: initial error rate; tpr, fpr: the evaluator's acceptance probabilities for right and
     wrong answers (all in [0, 1], numbers or arrays; leading axes come from broadcasting them).
     Iterates eps_{n+1} = eps_n FPR / (eps_n FPR + (1 - eps_n) TPR) (the essay's recurrence;
-    DESIGN.md "Boosting recurrence"); see :func:`boost_closed_form` for the solution.
+    docs/theory.md, "Selection on samples"); see :func:`boost_closed_form` for the solution.
     """
     rounds = _check_count("rounds", rounds)
     _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr))

@@ -1,9 +1,9 @@
 """Soft selection on a finite support: tilting, KL-regularised optimum, best-of-N, Luce curation.
 
 Keeping a sample y ~ p with probability f(y) turns p into the tilted law p f / Z, Z = E_p[f]
-(DESIGN.md "Soft selection"). With f = exp(r / T) k rounds of it equal one round at T / k, and
-the tilt at T = beta is the maximiser of E_pi[r] - beta KL(pi || p), whose value is beta log Z
-(the KL-regularised RL optimum). Best-of-N keeps the best of N samples: its law is
+(docs/theory.md, "Selection on samples"). With f = exp(r / T) k rounds of it equal one round
+at T / k, and the tilt at T = beta is the maximiser of E_pi[r] - beta KL(pi || p), whose value
+is beta log Z (the KL-regularised RL optimum). Best-of-N keeps the best of N samples: its law is
 F(y)^N - F^-(y)^N, with F(y) = P(Y <= y) and F^-(y) = P(Y < y), and its KL to p is at most
 log N - (N-1)/N (Beirami et al. 2024). A Luce-choice curator (Ferbach et al., NeurIPS 2024)
 keeps one of K samples with probability proportional to exp(r); retraining on the kept samples

@@ -16,7 +16,7 @@ other, and measures how fast the population concentrates on the optimal paths:
   T -> 0 limit), the :func:`lineage_chain` (tilted chain) and :func:`stationary_population`, and
   the linearly solvable first-exit problem (:func:`lmdp_desirability`).
 
-Definitions (paths, weights w_p, returns R_p) are those of DESIGN.md.
+Definitions (paths, weights w_p, returns R_p) are those of docs/theory.md.
 """
 
 from ._paths_cycles import CycleMean as CycleMean

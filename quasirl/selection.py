@@ -2,7 +2,7 @@
 
 The essay's loop (answer, self-evaluate, keep what is judged good, put it back in the context,
 repeat) is selection. This module makes its predictions computable before any language model
-is touched (DESIGN.md "Boosting recurrence", "Soft selection"):
+is touched (docs/theory.md, "Selection on samples"):
 
 * the error-rate recurrence of iterative chaining, eps_{n+1} = w(eps_n) =
   eps_n FPR / (eps_n FPR + (1 - eps_n) TPR), its closed form (the odds shrink by FPR/TPR per

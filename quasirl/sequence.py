@@ -1,7 +1,7 @@
 """Eigen's quasispecies on binary sequences of length L, at scale.
 
 Genotypes are the 2^L integers i; site j is axis j of ``x.reshape([2] * L)`` (bit L-1-j of i)
-and the master sequence is i = 0 (all zeros) unless said otherwise (DESIGN.md "Eigen's model").
+and the master sequence is i = 0 (all zeros) unless said otherwise (docs/theory.md, section 5).
 
 * Mutation: per-site rates mu (0 -> 1) and nu (1 -> 0, default mu), scalars or [L];
   Q = (x)_j [[1-mu_j, nu_j], [mu_j, 1-nu_j]], never formed as a dense matrix: on CPUs a native
