@@ -44,6 +44,7 @@ import numpy as np
 from jax import lax
 
 from ._validate import QuasirlValueError, check_real, is_concrete
+from .semiring import safe_log
 
 __all__ = [
     "Affine",
@@ -286,11 +287,6 @@ def boost(eps0, tpr, fpr, rounds: int):
                   rounds)
 
 
-def _safe_log(x):
-    pos = x > 0
-    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), -jnp.inf)
-
-
 @partial(jax.jit, static_argnames="rounds")
 def _boost_closed(eps0, tpr, fpr, rounds):
     eps0, tpr, fpr = _bcast(eps0, tpr, fpr)
@@ -299,7 +295,7 @@ def _boost_closed(eps0, tpr, fpr, rounds):
     logit0 = jnp.log(e_in) - jnp.log1p(-e_in)
     both_zero = (tpr == 0) & (fpr == 0)
     # log(FPR/TPR) in [-inf, inf]; 0 where nothing is ever accepted (the map is the identity)
-    rate = jnp.where(both_zero, 0.0, _safe_log(fpr) - _safe_log(tpr))
+    rate = jnp.where(both_zero, 0.0, safe_log(fpr) - safe_log(tpr))
     n = jnp.arange(1, rounds + 1, dtype=eps0.dtype).reshape((1,) * eps0.ndim + (rounds,))
     logits = logit0[..., None] + n * rate[..., None]
     later = jnp.where((interior & ~both_zero)[..., None], jax.nn.sigmoid(logits),

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from ._selection_boost import _check_broadcast, _check_key
+from ._selection_boost import _check_broadcast, _check_key, _float
 from ._validate import (
     QuasirlValueError,
     check_distribution,
@@ -77,13 +77,6 @@ def _numbers(name: str, x):
                                 f"{f'dtype {a.dtype}' if a.ndim else repr(x)}")
     check_real(name, a)
     return a
-
-
-def _float(x):
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 def _check_p(p, name: str = "p"):
