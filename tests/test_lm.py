@@ -11,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_http import JSONHandler
 from scipy.stats import mannwhitneyu, norm
 
 import quasirl.lm as qlm
@@ -465,21 +466,10 @@ def test_chaining_bad_input(task):
 # ------------------------------------------------------------------------------------------
 # the HTTP backend against a local fake server (retries, probe, errors, key handling)
 # ------------------------------------------------------------------------------------------
-class _Fake(BaseHTTPRequestHandler):
+class _Fake(JSONHandler):
     mode = "ok"  # "ok" | "shifted" | "chat-only" | "no-logprobs"
     fail_next = 0
     seen_auth: list = []
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, code, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         self._send(200, {"data": [{"id": "fake-model"}]})

@@ -10,10 +10,11 @@ import math
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from fake_http import JSONHandler
 from typer.testing import CliRunner
 
 import quasirl.lm as qlm
@@ -38,22 +39,11 @@ def _strict_json_lines(path):
 # ------------------------------------------------------------------------------------------
 # a fake OpenAI-compatible server whose numbers or timing can be broken
 # ------------------------------------------------------------------------------------------
-class _Server(BaseHTTPRequestHandler):
+class _Server(JSONHandler):
     logprob = -0.5  # the log-probability of every generated token (NaN, +7.5: broken servers)
     hang: threading.Event | None = None  # set: every request waits for it (a hung server)
     status = 200
     body = None
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, code, obj):
-        body = obj.encode() if isinstance(obj, str) else json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         cls = type(self)
