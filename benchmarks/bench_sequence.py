@@ -1,13 +1,13 @@
 """Eigen's generation map on 2^L genotypes: time per generation, numpy references, the floor.
 
 One generation is x' = Q diag(f) x / (f . x) with Q = (x)_L [[1-mu, mu], [mu, 1-mu]], timed
-as quasirl's ``evolve`` runs it (the step of ``quasirl._sequence_kron._discrete_step`` inside
+as quasirl's ``evolve`` runs it (the step of ``quasirl.sequence._kron._discrete_step`` inside
 a ``lax.scan``), with both ways quasirl applies Q:
 * ``kernel="auto"``, the default: on a CPU the native kernel (quasirl/_kron_cpu.cc, an XLA
   FFI call: cache-blocked per-site butterflies, about two passes over the vector), on a GPU
   the XLA path;
 * ``kernel="xla"``: grouped Kronecker blocks, each one matrix product that also rotates its
-  sites to the front (quasirl/_sequence_kron.py), the normalisation folded into the last.
+  sites to the front (quasirl/sequence/_kron.py), the normalisation folded into the last.
 
 References, measured in the same run:
 * a fair vectorised numpy implementation of the same grouped Kronecker map: in-place
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from quasirl._sequence_kron import (  # noqa: E402
+from quasirl.sequence._kron import (  # noqa: E402
     _discrete_step,
     default_groups,
     resolve_kernel,

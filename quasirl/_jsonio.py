@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["strict", "write_json"]
-
 
 def strict(obj):
     """``obj`` with non-finite floats as None and numpy values as Python ones."""

@@ -22,13 +22,6 @@ import numpy as np
 
 from . import _validate as V
 
-__all__ = ["MDP"]
-
-
-def _float_dtype(*xs):
-    dt = jnp.result_type(*[jnp.asarray(x).dtype for x in xs if x is not None], float)
-    return dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float)
-
 
 def _reverse_lists(next_, prob, S):
     """pred[S', J]: flat outcome indices entering each state (only outcomes with prob > 0)."""
@@ -85,7 +78,7 @@ class MDP:
             )
         if V.is_concrete(R):
             V.check_finite("R", R)
-        dt = _float_dtype(P, R)
+        dt = V.float_dtype(P, R)
         R = jnp.asarray(R, dtype=dt)
         if concrete_P:
             live = P_ > 0
@@ -186,7 +179,7 @@ class MDP:
             V.check_distribution("prob", prob, axis=-1)
         if V.is_concrete(reward):
             V.check_finite("reward", reward)
-        dt = _float_dtype(prob, reward)
+        dt = V.float_dtype(prob, reward)
         # Keep concrete structure as numpy: inside jit, jnp.asarray of a constant is a tracer
         # and the reverse lists could no longer be derived.
         prob = np.asarray(prob, dtype=dt) if V.is_concrete(prob) else jnp.asarray(prob, dt)
@@ -211,7 +204,7 @@ class MDP:
         V.check_real("reward", reward)
         nx = next_state if not V.is_concrete(next_state) else np.asarray(next_state)
         rw = reward if not V.is_concrete(reward) else np.asarray(reward)
-        dt = _float_dtype(reward)
+        dt = V.float_dtype(reward)
         return cls.from_successors(
             jnp.asarray(nx)[..., None] if not isinstance(nx, np.ndarray) else nx[..., None],
             np.ones((S, A, 1), dtype=dt),

@@ -9,8 +9,6 @@ import numpy as np
 from . import _validate as V
 from ._mdp import MDP
 
-__all__ = ["DEFAULT_LAYOUT", "chain", "from_graph", "gridworld", "random_mdp"]
-
 # Actions of the gridworld, in order: (d_row, d_col).
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]])
 ACTION_NAMES = ("up", "right", "down", "left")
@@ -71,9 +69,8 @@ def _cell(name: str, cell, H: int, W: int) -> int:
         r, c = cell
     except (TypeError, ValueError):
         raise V.QuasirlValueError(f"{name} must be a (row, col) pair, got {cell!r}") from None
-    for v in (r, c):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
-            raise V.QuasirlValueError(f"{name} must be a pair of integers, got {cell!r}")
+    if not (V.is_int(r) and V.is_int(c)):
+        raise V.QuasirlValueError(f"{name} must be a pair of integers, got {cell!r}")
     if not (0 <= r < H and 0 <= c < W):
         raise V.QuasirlValueError(
             f"{name} = {(int(r), int(c))} lies off the {H} x {W} grid (rows 0..{H - 1}, "
@@ -178,8 +175,7 @@ def random_mdp(key, S: int, A: int, branching: int = 2, reward_scale: float = 1.
     """A random MDP: each (s, a) has ``branching`` distinct successors with Dirichlet(1)
     probabilities and N(0, reward_scale^2) rewards. ``key`` is a JAX PRNG key."""
     for name, v in (("S", S), ("A", A), ("branching", branching)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise V.QuasirlValueError(f"{name} must be an integer >= 1, got {v!r}")
+        V.check_int(name, v, minimum=1)
     if not 1 <= branching <= S:
         raise V.QuasirlValueError(f"branching must lie in [1, S={S}], got {branching}")
     # numpy's generator seeded by the key's bits: the same key gives the same MDP, and there

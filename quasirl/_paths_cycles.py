@@ -31,17 +31,6 @@ from . import _validate as V
 from ._mdp import MDP
 from ._paths_graph import Edges, check_mdp, edge_table
 
-__all__ = [
-    "CycleMean",
-    "LMDPSolution",
-    "Lineage",
-    "growth_rate",
-    "lineage_chain",
-    "lmdp_desirability",
-    "max_cycle_mean",
-    "stationary_population",
-]
-
 
 # --------------------------------------------------------------------------------------------
 # strongly connected components and Karp's algorithm

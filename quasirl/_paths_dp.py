@@ -46,20 +46,6 @@ from ._paths_graph import (
 )
 from .semiring import safe_log, smax, smax_weighted, value_weight
 
-__all__ = [
-    "ReturnGap",
-    "Spectrum",
-    "best_paths",
-    "num_optimal_paths",
-    "optimal_path_mass",
-    "path_distribution",
-    "path_flow",
-    "path_integral",
-    "return_gap",
-    "return_spectrum",
-    "suboptimal_path_mass",
-]
-
 
 def _temperatures(T, dtype):
     t, batched = V.check_temperature(T)
@@ -187,19 +173,21 @@ def _mass_one(tab: _Tab, T, horizon: int, tol):
     return jnp.where(T > 0, d, -jnp.inf)
 
 
-@partial(jax.jit, static_argnames=("horizon",))
-def _mass_batch(tab: _Tab, T, horizon: int, tol):
-    return jax.vmap(lambda t: _mass_one(tab, t, horizon, tol))(T)
+@partial(jax.jit, static_argnames=("horizon", "sign"))
+def _mass_batch(tab: _Tab, T, horizon: int, tol, sign: int):
+    """sigmoid(sign * log(Z_suboptimal / Z_optimal)) for each T: the optimal-path mass for
+    sign = -1, the suboptimal mass for sign = 1 (one compiled program, no eager op after it)."""
+    return jax.nn.sigmoid(sign * jax.vmap(lambda t: _mass_one(tab, t, horizon, tol))(T))
 
 
-def _log_ratio(mdp, T, horizon):
+def _mass(mdp, T, horizon, sign: int):
     horizon = V.check_horizon(horizon)
     edges = problem(mdp, horizon)
     dt = mdp.prob.dtype
     t, batched = _temperatures(T, dt)
     tol = jnp.asarray(tolerance(edges, horizon, dt), dt)
-    d = _mass_batch(_tables(edges, dt), t, horizon, tol)
-    return d, batched
+    out = _mass_batch(_tables(edges, dt), t, horizon, tol, sign)
+    return out if batched else out[0]
 
 
 def optimal_path_mass(mdp: MDP, T, horizon: int):
@@ -209,17 +197,13 @@ def optimal_path_mass(mdp: MDP, T, horizon: int):
     O(states)), for T a scalar or 1-D array; 1 at T = 0 (the limit T -> 0+). As T -> 0,
     1 - mass ~ (N_2 / W_1) exp(-Delta / T) with Delta, N_2, W_1 from :func:`return_gap`.
     """
-    d, batched = _log_ratio(mdp, T, horizon)
-    out = jax.nn.sigmoid(-d)
-    return out if batched else out[0]
+    return _mass(mdp, T, horizon, -1)
 
 
 def suboptimal_path_mass(mdp: MDP, T, horizon: int):
     """1 - :func:`optimal_path_mass`, computed directly (accurate when it is 1e-300); 0 at T = 0.
     """
-    d, batched = _log_ratio(mdp, T, horizon)
-    out = jax.nn.sigmoid(d)
-    return out if batched else out[0]
+    return _mass(mdp, T, horizon, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,12 +270,6 @@ def _spectrum(edges, horizon: int, m: int):
     return Spectrum(v[0], lw[0], c[0])
 
 
-def _check_positive_int(name, k):
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise V.QuasirlValueError(f"{name} must be a positive integer, got {k!r}")
-    return int(k)
-
-
 def return_spectrum(mdp: MDP, horizon: int, levels: int = 2) -> Spectrum:
     """The ``levels`` highest distinct returns, with the total weight and number of their paths.
 
@@ -300,7 +278,7 @@ def return_spectrum(mdp: MDP, horizon: int, levels: int = 2) -> Spectrum:
     of each term. Returns closer than 1000 ulps of the return scale count as equal.
     """
     horizon = V.check_horizon(horizon)
-    levels = _check_positive_int("levels", levels)
+    levels = V.check_int("levels", levels, minimum=1)
     return _spectrum(problem(mdp, horizon), horizon, levels)
 
 
@@ -383,7 +361,7 @@ def best_paths(mdp: MDP, horizon: int, k: int) -> Paths:
     returns come out in a fixed but arbitrary order.
     """
     horizon = V.check_horizon(horizon)
-    k = _check_positive_int("k", k)
+    k = V.check_int("k", k, minimum=1)
     edges = problem(mdp, horizon)
     Vt = _value_to_go(edges, horizon)
     tol = tolerance(edges, horizon)
@@ -458,51 +436,66 @@ def _flow_tables(mdp: MDP) -> _FlowTab:
                     src, logw_p[mdp.pred], rew_p[mdp.pred], safe_log(mdp.init))
 
 
-def _flow_one(tab: _FlowTab, T, horizon: int, tol):
+def _flow_one(tab: _FlowTab, T, horizon: int, tol, soft: bool = True, limit: bool = True):
     """flow[t, s, a*K+k]: tempered probability that a path takes outcome (a, k) from s at t.
 
     T > 0: forward value F_t(s) (value units) + edge + backward desirability Z_{t+1}(s') - F.
     T = 0: the T -> 0+ limit; forward and backward max-plus values with the weights of the
     max-attaining prefixes / suffixes, the edge counting only if it lies on an optimal path.
+    ``soft`` / ``limit`` (static) say which of the two recursions the batch needs: a batch
+    without T = 0 (or with only T = 0) compiles and runs half the program.
     """
     Ts = jnp.where(T > 0, T, 1.0)
-    c_in = value_weight(tab.logw_in, tab.rew_in, T)
-    c_out = value_weight(tab.logw, tab.rew, T)
-    r_in = jnp.where(tab.logw_in > -jnp.inf, tab.rew_in, -jnp.inf)
-    r_out = jnp.where(tab.logw > -jnp.inf, tab.rew, -jnp.inf)
-    u0 = value_weight(tab.log_init, jnp.zeros_like(tab.log_init), T)
-    m0 = jnp.where(tab.log_init > -jnp.inf, 0.0, -jnp.inf).astype(u0.dtype)
-
-    def fwd(carry, _):
-        u, m, lw = carry
-        u_new = smax(u[tab.src] + c_in, T, axis=1)
-        m_new, lw_new = smax_weighted(m[tab.src] + r_in, lw[tab.src] + tab.logw_in, axis=1,
-                                      tol=tol)
-        return (u_new, m_new, lw_new), carry
-
-    def bwd(carry, _):
-        z, b, lw = carry
-        z_new = smax(c_out + z[tab.next], T, axis=1)
-        b_new, lw_new = smax_weighted(r_out + b[tab.next], tab.logw + lw[tab.next], axis=1,
-                                      tol=tol)
-        return (z_new, b_new, lw_new), carry
-
-    (uH, mH, lwH), (U, M, LF) = jax.lax.scan(fwd, (u0, m0, tab.log_init), None, length=horizon)
-    zero = jnp.zeros_like(u0)
-    _, (Z, B, LB) = jax.lax.scan(bwd, (zero, zero, zero), None, length=horizon, reverse=True)
     nxt = tab.next
-    F = smax(uH, T, axis=0)
-    soft = jnp.exp((U[:, :, None] + c_out[None] + Z[:, nxt] - F) / Ts)
-    best, lw_best = smax_weighted(mH, lwH, axis=0, tol=tol)
-    tight = M[:, :, None] + r_out[None] + B[:, nxt] >= best - tol
-    limit = jnp.where(tight, jnp.exp(LF[:, :, None] + tab.logw[None] + LB[:, nxt] - lw_best),
-                      0.0)
-    return jnp.where(T > 0, soft, limit)
+    out = []
+    if soft:
+        c_in = value_weight(tab.logw_in, tab.rew_in, T)
+        c_out = value_weight(tab.logw, tab.rew, T)
+        u0 = value_weight(tab.log_init, jnp.zeros_like(tab.log_init), T)
+
+        def fwd(u, _):
+            return smax(u[tab.src] + c_in, T, axis=1), u
+
+        def bwd(z, _):
+            return smax(c_out + z[tab.next], T, axis=1), z
+
+        uH, U = jax.lax.scan(fwd, u0, None, length=horizon)
+        _, Z = jax.lax.scan(bwd, jnp.zeros_like(u0), None, length=horizon, reverse=True)
+        F = smax(uH, T, axis=0)
+        out.append(jnp.exp((U[:, :, None] + c_out[None] + Z[:, nxt] - F) / Ts))
+    if limit:
+        r_in = jnp.where(tab.logw_in > -jnp.inf, tab.rew_in, -jnp.inf)
+        r_out = jnp.where(tab.logw > -jnp.inf, tab.rew, -jnp.inf)
+        m0 = jnp.where(tab.log_init > -jnp.inf, 0.0, -jnp.inf).astype(tab.logw.dtype)
+
+        def fwd_max(carry, _):
+            m, lw = carry
+            new = smax_weighted(m[tab.src] + r_in, lw[tab.src] + tab.logw_in, axis=1, tol=tol)
+            return new, carry
+
+        def bwd_max(carry, _):
+            b, lw = carry
+            new = smax_weighted(r_out + b[tab.next], tab.logw + lw[tab.next], axis=1, tol=tol)
+            return new, carry
+
+        (mH, lwH), (M, LF) = jax.lax.scan(fwd_max, (m0, tab.log_init), None, length=horizon)
+        zero = jnp.zeros_like(m0)
+        _, (B, LB) = jax.lax.scan(bwd_max, (zero, zero), None, length=horizon, reverse=True)
+        best, lw_best = smax_weighted(mH, lwH, axis=0, tol=tol)
+        tight = M[:, :, None] + r_out[None] + B[:, nxt] >= best - tol
+        out.append(jnp.where(
+            tight, jnp.exp(LF[:, :, None] + tab.logw[None] + LB[:, nxt] - lw_best), 0.0))
+    return out[0] if len(out) == 1 else jnp.where(T > 0, out[0], out[1])
 
 
-@partial(jax.jit, static_argnames=("horizon",))
-def _flow_batch(tab: _FlowTab, T, horizon: int, tol):
-    return jax.vmap(lambda t: _flow_one(tab, t, horizon, tol))(T)
+@partial(jax.jit, static_argnames=("horizon", "soft", "limit"))
+def _flow_batch(mdp: MDP, T, horizon: int, tol, soft: bool, limit: bool):
+    # the tables are built inside the compiled program: built eagerly, each of their ~25 ops
+    # would be compiled on its own on a first call (~1 s in all)
+    tab = _flow_tables(mdp)
+    S, A, K = mdp.shape
+    flow = jax.vmap(lambda t: _flow_one(tab, t, horizon, tol, soft, limit))(T)
+    return flow.reshape(-1, horizon, S, A, K)
 
 
 def path_flow(mdp: MDP, T, horizon: int):
@@ -515,12 +508,12 @@ def path_flow(mdp: MDP, T, horizon: int):
     """
     check_mdp(mdp)
     horizon = V.check_horizon(horizon)
-    S, A, K = mdp.shape
     dt = mdp.prob.dtype
     t, batched = _temperatures(T, dt)
     scale = horizon * float(np.abs(np.asarray(mdp.reward, dtype=np.float64)).max())
     tol = 1000.0 * float(np.finfo(dt).eps) * (1.0 + scale)
-    out = _flow_batch(_flow_tables(mdp), t, horizon, jnp.asarray(tol, dt))
-    out = out.reshape(t.shape[0], horizon, S, A, K)
+    # which recursions the batch needs (both when T is traced)
+    zero = np.asarray(t) == 0 if V.is_concrete(t) else np.array([True, False])
+    out = _flow_batch(mdp, t, horizon, jnp.asarray(tol, dt), bool((~zero).any()),
+                      bool(zero.any()))
     return out if batched else out[0]
-

@@ -25,8 +25,6 @@ import numpy as np
 from . import _validate as V
 from ._mdp import MDP
 
-__all__ = ["Paths", "count_paths", "enumerate_paths"]
-
 DEFAULT_LIMIT = 1_000_000
 
 
@@ -218,9 +216,7 @@ class Paths(NamedTuple):
 
 
 def check_limit(limit) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
-        raise V.QuasirlValueError(f"limit must be a positive integer, got {limit!r}")
-    return int(limit)
+    return V.check_int("limit", limit, minimum=1)
 
 
 def enumerate_numpy(edges: Edges, horizon: int, limit: int):

@@ -13,9 +13,6 @@ from ._mdp import MDP
 from ._paths_dp import path_flow
 from ._paths_graph import gather_ranges, problem
 
-__all__ = ["unrolled_graph"]
-
-
 # networkx holds ~1 KB per edge with its attributes: a million edges is about a gigabyte and a
 # minute of Python
 MAX_EDGES = 1_000_000

@@ -27,8 +27,6 @@ import numpy as np
 
 from . import _validate as V
 
-__all__ = ["eigen_critical_mu", "eigen_phase_diagram", "steepest_descent"]
-
 RESOLVED = 1e-12  # smallest master fraction trusted from the class solver's Perron vector
 
 

@@ -6,8 +6,6 @@ import numpy as np
 
 from ._validate import QuasirlValueError
 
-__all__ = ["boundary_curve", "crossings"]
-
 SCALES = ("linear", "log", "inverse")
 
 

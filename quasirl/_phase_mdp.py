@@ -34,14 +34,6 @@ import numpy as np
 from . import _validate as V
 from ._mdp import MDP
 
-__all__ = [
-    "critical_temperature",
-    "mdp_phase_diagram",
-    "route_chain",
-    "route_mass",
-    "route_policy",
-]
-
 # Memory of the route chain. The off-route sink is entered from every route state, so the
 # padded reverse lists (``MDP.pred``) have J = L (A - 1) + A columns and (L + 2) J entries:
 # quadratic in L. Bytes per entry: the table and its JAX copy while building (8), the pull
@@ -67,7 +59,7 @@ def _points_at_once(n_points: int, sweep_kw: dict) -> int:
     from ._phase_sweep import default_chunk_size
 
     chunk = sweep_kw.get("chunk_size")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+    if not V.is_int(chunk) or chunk < 1:
         chunk = default_chunk_size(n_points)  # (a bad chunk_size is refused by sweep)
     chunk = min(chunk, n_points)
     backend, scheduler = sweep_kw.get("backend", "auto"), sweep_kw.get("scheduler")

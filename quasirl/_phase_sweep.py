@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import math
-import numbers
 import os
 import re
 import socket
@@ -45,9 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import QuasirlValueError
-
-__all__ = ["sweep"]
+from ._validate import QuasirlValueError, check_int
 
 BACKENDS = ("auto", "vmap", "loop", "dask")
 STORE_FORMAT = "quasirl-sweep/1"
@@ -530,16 +527,12 @@ def sweep(fn, axes: Mapping | None = None, *, backend: str = "auto", scheduler=N
     if not isinstance(name, str) or not name.isidentifier():
         raise QuasirlValueError(f"name must be an identifier, got {name!r}")
     for what, v in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise QuasirlValueError(f"{what} must be an integer >= 1, got {v!r}")
+        check_int(what, v, minimum=1)
     shape = tuple(len(v) for v in ax.values())
     N = math.prod(shape)
     if chunk_size is None:
         chunk_size = default_chunk_size(N)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
-            or chunk_size < 1:
-        raise QuasirlValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    chunk_size = int(min(chunk_size, N))
+    chunk_size = min(check_int("chunk_size", chunk_size, minimum=1), N)
     n_chunks = math.ceil(N / chunk_size)
     bounds = [(c * chunk_size, min((c + 1) * chunk_size, N)) for c in range(n_chunks)]
 

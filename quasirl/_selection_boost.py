@@ -34,7 +34,6 @@ they are traced arguments and can be vmapped; a plain Python callable is wrapped
 from __future__ import annotations
 
 import itertools
-import numbers
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -43,32 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._validate import QuasirlValueError, check_real, is_concrete
+from ._validate import QuasirlValueError, check_int, check_key, check_real, is_concrete, is_int
 from .semiring import safe_log
-
-__all__ = [
-    "Affine",
-    "ChainingRun",
-    "FixedPoints",
-    "Imitation",
-    "Mutation",
-    "acceptance_rate",
-    "adapt_trajectory",
-    "band",
-    "boost",
-    "boost_acceptance",
-    "boost_closed_form",
-    "fixed_points",
-    "ideal",
-    "intrinsic_error",
-    "limit_error",
-    "lowers_error",
-    "partial_imitation",
-    "simulate_chaining",
-    "stability",
-    "step_map",
-    "wrong_fraction",
-]
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,15 +110,6 @@ def _map_params(g) -> list:
     return []
 
 
-def _check_key(key, name: str = "key") -> None:
-    if isinstance(key, jax.core.Tracer):
-        return
-    if not (isinstance(key, jax.Array) and (
-            (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
-            or (key.dtype == jnp.uint32 and key.shape == (2,)))):
-        raise QuasirlValueError(f"{name} must be a jax.random key (one key), got {key!r}")
-
-
 def _range_tol(dtype) -> float:
     """Rounding allowed outside [0, 1] for an error rate computed in ``dtype``."""
     return 16 * float(jnp.finfo(dtype).eps)
@@ -194,14 +160,6 @@ def _check_affine_range(g) -> None:
             raise QuasirlValueError(
                 f"g must map [0, 1] into [0, 1] (it returns the next error rate), but "
                 f"{g!r} gives g({w}) = {float(val[i])!r}{_where(i)}")
-
-
-def _check_count(name: str, n, minimum: int = 0) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"{name} must be an integer, got {n!r}")
-    if n < minimum:
-        raise QuasirlValueError(f"{name} must be >= {minimum}, got {n}")
-    return int(n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +239,7 @@ def boost(eps0, tpr, fpr, rounds: int):
     Iterates eps_{n+1} = eps_n FPR / (eps_n FPR + (1 - eps_n) TPR) (the essay's recurrence;
     docs/theory.md, "Selection on samples"); see :func:`boost_closed_form` for the solution.
     """
-    rounds = _check_count("rounds", rounds)
+    rounds = check_int("rounds", rounds, minimum=0)
     _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr))
     return _boost(_check_unit("eps0", eps0), _check_unit("tpr", tpr), _check_unit("fpr", fpr),
                   rounds)
@@ -309,7 +267,7 @@ def boost_closed_form(eps0, tpr, fpr, rounds: int):
     logit(eps_n) = logit(eps0) + n log(FPR / TPR), i.e. eps_n / (1 - eps_n) =
     (eps0 / (1 - eps0)) (FPR / TPR)^n; eps0 in {0, 1} and TPR = FPR = 0 stay put.
     """
-    rounds = _check_count("rounds", rounds)
+    rounds = check_int("rounds", rounds, minimum=0)
     _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr))
     return _boost_closed(_check_unit("eps0", eps0), _check_unit("tpr", tpr),
                          _check_unit("fpr", fpr), rounds)
@@ -466,7 +424,7 @@ def adapt_trajectory(eps0, tpr, fpr, g, rounds: int):
     broadcast are named). A map that leaves [0, 1] (beyond rounding) or returns NaN raises a
     QuasirlValueError naming the round, the value and the batch index (concrete input only).
     """
-    rounds = _check_count("rounds", rounds)
+    rounds = check_int("rounds", rounds, minimum=0)
     g = _as_map(g)
     _check_broadcast(("eps0", eps0), ("tpr", tpr), ("fpr", fpr), *_map_params(g))
     g = _kernel_map(g)
@@ -611,7 +569,7 @@ def fixed_points(tpr, fpr, g=None, *, grid: int = 4097) -> FixedPoints:
         return _fixed_affine(*parts, tpr, fpr)
     if np.ndim(tpr) or np.ndim(fpr):
         raise QuasirlValueError("tpr and fpr must be scalars for a general (non-affine) map g")
-    return _fixed_numeric(tpr, fpr, g, _check_count("grid", grid, 3))
+    return _fixed_numeric(tpr, fpr, g, check_int("grid", grid, minimum=3))
 
 
 def stability(eps, tpr, fpr, g=None):
@@ -701,7 +659,7 @@ def limit_error(eps0, tpr, fpr, g=None, *, rounds: int | None = None):
     parts = _affine_parts(g)
     if parts is not None and rounds is None:
         return _limit_affine(eps0, *parts, tpr, fpr)
-    rounds = 10_000 if rounds is None else _check_count("rounds", rounds)
+    rounds = 10_000 if rounds is None else check_int("rounds", rounds, minimum=0)
     e, bad_n, bad_v, bad_prev = _limit_iterate(eps0, tpr, fpr, _kernel_map(g), rounds)
     if is_concrete(bad_n):
         bn = np.asarray(bad_n)
@@ -793,16 +751,16 @@ def simulate_chaining(key, eps0, tpr, fpr, g=None, rounds: int = 10, batch: int 
     rounds lags behind it. ``seeds`` independent runs from ``key`` (a jax.random key).
     eps0, tpr, fpr: scalars; g: adaptation map (None = ideal learner).
     """
-    rounds = _check_count("rounds", rounds, 1)
-    batch = _check_count("batch", batch, 1)
-    cap = _check_count("buffer_size", buffer_size, 1)
-    seeds = _check_count("seeds", seeds, 1)
+    rounds = check_int("rounds", rounds, minimum=1)
+    batch = check_int("batch", batch, minimum=1)
+    cap = check_int("buffer_size", buffer_size, minimum=1)
+    seeds = check_int("seeds", seeds, minimum=1)
     vals = {n: _check_unit(n, v) for n, v in (("eps0", eps0), ("tpr", tpr), ("fpr", fpr))}
     for n, v in vals.items():
         if v.ndim:
             raise QuasirlValueError(f"{n} must be a scalar for simulate_chaining, got shape "
                                     f"{v.shape} (vmap over calls to batch parameters)")
-    _check_key(key)
+    check_key(key)
     g = _kernel_map(g)
     if any(jnp.ndim(leaf) for leaf in jax.tree_util.tree_leaves(g)):
         raise QuasirlValueError("the adaptation map's parameters must be scalars for "
@@ -837,8 +795,7 @@ def band(x, level: float = 0.95, axis: int = 0):
             raise QuasirlValueError(f"x must be an array of numbers, got dtype {a.dtype}")
         check_real("x", a)
     x = jnp.asarray(x)
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) \
-            or not -x.ndim <= axis < x.ndim:
+    if not is_int(axis) or not -x.ndim <= axis < x.ndim:
         raise QuasirlValueError(f"axis must be an integer in [-{x.ndim}, {x.ndim}) for x of "
                                 f"shape {x.shape}, got {axis!r}")
     q = jnp.quantile(x, jnp.asarray([(1 - level) / 2, (1 + level) / 2]), axis=axis)

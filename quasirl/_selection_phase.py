@@ -25,22 +25,7 @@ import numpy as np
 import xarray as xr
 
 from . import _selection_boost as _b
-from ._validate import QuasirlValueError, check_real, is_concrete
-
-__all__ = [
-    "Convexity",
-    "boundary",
-    "error_threshold",
-    "imitation_boundary",
-    "intrinsic_boundary",
-    "is_convex",
-    "phase_diagram_imitation",
-    "phase_diagram_intrinsic",
-    "phase_diagram_rates",
-    "rates_boundary",
-    "region_mask",
-    "selection_rates",
-]
+from ._validate import QuasirlValueError, check_int, check_real, is_concrete
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +189,7 @@ def rates_boundary(eps0: float, target: float, lam: float = 1.0, rounds: int | N
     target = _scalar("target", target, 0.0, 1.0 / eps0, open_lo=True, open_hi=True)
     lam = _scalar("lam", lam, 0.0, 1.0)
     if rounds is not None:
-        rounds = _b._check_count("rounds", rounds, 1)
+        rounds = check_int("rounds", rounds, minimum=1)
     x = target * eps0
     if lam >= 1:
         if rounds is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -26,35 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from ._selection_boost import _check_broadcast, _check_key, _float
+from ._selection_boost import _check_broadcast, _float
 from ._validate import (
     QuasirlValueError,
     check_distribution,
     check_finite,
+    check_int,
+    check_key,
     check_real,
     is_concrete,
+    is_int,
 )
 from .semiring import safe_log, smax, value_weight
-
-__all__ = [
-    "BestOfNWinRate",
-    "best_of_n_kl",
-    "best_of_n_kl_bound",
-    "best_of_n_law",
-    "best_of_n_win_rate",
-    "kl_divergence",
-    "kl_regularised_objective",
-    "kl_regularised_optimum",
-    "luce_curation",
-    "luce_curation_enumerate",
-    "repeated_tilt",
-    "sample_best_of_n",
-    "simulate_luce_curation",
-    "temper",
-    "tilt",
-    "win_rate_bound",
-]
-
 
 # --------------------------------------------------------------------------------------------
 # validation
@@ -97,14 +79,6 @@ def _check_scores(name: str, x, p):
                 f"{name} must have the same shape as p, {tuple(np.shape(p))}, "
                 f"got {tuple(np.shape(x))}")
     return _float(x)
-
-
-def _check_positive_int(name: str, n) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"{name} must be an integer, got {n!r}")
-    if n < 1:
-        raise QuasirlValueError(f"{name} must be >= 1, got {n}")
-    return int(n)
 
 
 def _check_temp(name: str, T):
@@ -186,7 +160,7 @@ def repeated_tilt(p, r, T, k: int):
     T = _check_temp("T", T)
     if is_concrete(T) and float(T) == 0:
         raise QuasirlValueError("T must be > 0 for repeated_tilt (use temper(p, r, 0))")
-    return _repeated(p, _check_scores("r", r, p), T, _check_positive_int("k", k))
+    return _repeated(p, _check_scores("r", r, p), T, check_int("k", k, minimum=1))
 
 
 def kl_divergence(q, p):
@@ -273,7 +247,7 @@ def _bon_law(p, y, N):
 
 def _check_bon_n(N, p) -> jax.Array:
     """N >= 1 samples, at most MAX_BON_N, as a float of p's dtype (N only enters as N log F)."""
-    N = _check_positive_int("N", N)
+    N = check_int("N", N, minimum=1)
     if N > MAX_BON_N:
         raise QuasirlValueError(
             f"N = {N} exceeds the best-of-N limit {MAX_BON_N:.0e}: N enters the law as a float "
@@ -314,7 +288,7 @@ def best_of_n_kl(p, y, N: int):
 def _bound_n(N):
     """N >= 1 for the closed-form bounds: an exact Python int (any size), a float64 numpy
     array, or a traced value (unchecked)."""
-    if isinstance(N, numbers.Integral) and not isinstance(N, bool):
+    if is_int(N):
         if N < 1:
             raise QuasirlValueError(f"N must be >= 1, got {N}")
         return int(N)
@@ -396,13 +370,13 @@ def sample_best_of_n(key, p, y, N: int, samples: int):
     """Monte Carlo best-of-N: ``samples`` item indices, each the best of N draws from p.
 
     All samples * N draws are made at once: at most 2^28 of them."""
-    _check_key(key)
+    check_key(key)
     p = _check_p(p)
     y = _check_scores("y", y, p)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D for best-of-N, got shape {p.shape}")
-    N = _check_positive_int("N", N)
-    samples = _check_positive_int("samples", samples)
+    N = check_int("N", N, minimum=1)
+    samples = check_int("samples", samples, minimum=1)
     if samples * N > MAX_BON_DRAWS:
         raise QuasirlValueError(
             f"sample_best_of_n would draw samples * N = {samples} * {N} = {samples * N} "
@@ -456,8 +430,8 @@ def luce_curation(p, r, K: int, *, nodes: int = 1024):
     r = _check_scores("r", r, p)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D, got shape {p.shape}")
-    K = jnp.asarray(_check_positive_int("K", K), dtype=p.dtype)
-    nodes = _check_positive_int("nodes", nodes)
+    K = jnp.asarray(check_int("K", K, minimum=1), dtype=p.dtype)
+    nodes = check_int("nodes", nodes, minimum=1)
     if nodes < 2:
         raise QuasirlValueError(f"nodes must be >= 2 (the trapezoid rule's points), got {nodes}")
     return _luce(p, r, K, nodes)
@@ -475,8 +449,8 @@ def luce_curation_enumerate(p, r, K: int, max_terms: int = 2_000_000):
     r = np.asarray(_check_scores("r", r, p), dtype=np.float64)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D, got shape {p.shape}")
-    K = _check_positive_int("K", K)
-    max_terms = _check_positive_int("max_terms", max_terms)
+    K = check_int("K", K, minimum=1)
+    max_terms = check_int("max_terms", max_terms, minimum=1)
     live = p > 0
     ps, u = p[live], np.exp(r[live] - r[live].max())
     m, k = ps.size, K - 1
@@ -521,14 +495,14 @@ def simulate_luce_curation(key, p, r, K: int, samples: int, chunk: int = 1 << 20
     sum_i c_i e^{r_i}; so a trial costs O(n), not O(K). Random bits come from a numpy
     generator seeded by ``key`` (a jax.random key).
     """
-    _check_key(key)
+    check_key(key)
     p = np.asarray(_check_p(p), dtype=np.float64)
     r = np.asarray(_check_scores("r", r, p), dtype=np.float64)
     if p.ndim != 1:
         raise QuasirlValueError(f"p must be 1-D, got shape {p.shape}")
-    K = _check_positive_int("K", K)
-    samples = _check_positive_int("samples", samples)
-    chunk = min(_check_positive_int("chunk", chunk), samples)
+    K = check_int("K", K, minimum=1)
+    samples = check_int("samples", samples, minimum=1)
+    chunk = min(check_int("chunk", chunk, minimum=1), samples)
     rng = _numpy_rng(key)
     live = p > 0
     u = np.where(live, np.exp(np.where(live, r, 0.0) - r[live].max()), 0.0)

@@ -10,6 +10,7 @@ import numbers
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Rows of a transition matrix, an initial distribution or a policy must sum to 1 within this
@@ -150,12 +151,66 @@ def check_shape(name: str, x, shape: tuple, dims: str) -> None:
         )
 
 
+def float_dtype(*xs):
+    """The float dtype of a computation: the common type of the floating inputs (canonical:
+    float32 unless x64 is on), the default float when none is floating. None, integer, bool
+    and non-numeric inputs are skipped (their own checks name them) instead of failing inside
+    ``jnp.asarray``."""
+    dts = []
+    for x in xs:
+        if x is None:
+            continue
+        dt = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if np.issubdtype(dt, np.floating):
+            dts.append(jax.dtypes.canonicalize_dtype(dt))
+    return jnp.result_type(*dts) if dts else jnp.result_type(float)
+
+
+def is_int(value) -> bool:
+    """True for an integer, Python or numpy, and never for a bool (the one integer test;
+    :func:`check_int` raises where this is False)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral | np.integer)
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """The one integer check: ``value`` must be an integer (Python or numpy, never a bool)
+    within [minimum, maximum] where those are given. Returns it as a Python int.
+
+    Messages: "{name} must be an integer, got {value!r}", then "{name} must be >= {minimum}",
+    "{name} must be <= {maximum}" or "{name} must be between {minimum} and {maximum}", each
+    with ", got {value}".
+    """
+    if not is_int(value):
+        raise QuasirlValueError(f"{name} must be an integer, got {value!r}")
+    v = int(value)
+    low = minimum is not None and v < minimum
+    high = maximum is not None and v > maximum
+    if low or high:
+        if minimum is not None and maximum is not None:
+            bound = f"between {minimum} and {maximum}"
+        elif minimum is not None:
+            bound = f">= {minimum}"
+        else:
+            bound = f"<= {maximum}"
+        raise QuasirlValueError(f"{name} must be {bound}, got {v}")
+    return v
+
+
+def check_key(key, name: str = "key") -> None:
+    """One JAX random key: a typed key (jax.random.key) or a raw uint32 key
+    (jax.random.PRNGKey); a traced key is not inspected."""
+    if isinstance(key, jax.core.Tracer):
+        return
+    ok = isinstance(key, jax.Array) and (
+        (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
+        or (key.dtype == jnp.uint32 and key.shape == (2,)))
+    if not ok:
+        raise QuasirlValueError(
+            f"{name} must be one JAX random key (jax.random.key(seed)), got {key!r}")
+
+
 def check_horizon(horizon, name: str = "horizon") -> int:
-    if isinstance(horizon, bool) or not isinstance(horizon, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"{name} must be an integer, got {horizon!r}")
-    if horizon < 0:
-        raise QuasirlValueError(f"{name} must be >= 0, got {horizon}")
-    return int(horizon)
+    return check_int(name, horizon, minimum=0)
 
 
 def check_temperature(T, name: str = "T", limit: tuple[float, str] | None = None):
@@ -164,8 +219,6 @@ def check_temperature(T, name: str = "T", limit: tuple[float, str] | None = None
     A traced T is checked when the computation runs (:func:`error_if`), together with
     ``limit`` = (largest valid T, why) where the caller gives one.
     """
-    import jax.numpy as jnp
-
     if not is_concrete(T):
         t = jnp.asarray(T)
         if t.ndim > 1:

@@ -43,30 +43,3 @@ from ._paths_graph import Paths as Paths
 from ._paths_graph import count_paths as count_paths
 from ._paths_graph import enumerate_paths as enumerate_paths
 from ._paths_unrolled import unrolled_graph as unrolled_graph
-
-__all__ = [
-    "DEFAULT_LIMIT",
-    "CycleMean",
-    "LMDPSolution",
-    "Lineage",
-    "Paths",
-    "ReturnGap",
-    "Spectrum",
-    "best_paths",
-    "count_paths",
-    "enumerate_paths",
-    "growth_rate",
-    "lineage_chain",
-    "lmdp_desirability",
-    "max_cycle_mean",
-    "num_optimal_paths",
-    "optimal_path_mass",
-    "path_distribution",
-    "path_flow",
-    "path_integral",
-    "return_gap",
-    "return_spectrum",
-    "stationary_population",
-    "suboptimal_path_mass",
-    "unrolled_graph",
-]

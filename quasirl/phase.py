@@ -29,25 +29,6 @@ from ._phase_mdp import route_mass as route_mass
 from ._phase_mdp import route_policy as route_policy
 from ._phase_sweep import is_vectorizable as is_vectorizable
 from ._phase_sweep import sweep as sweep
-from .selection import Convexity as Convexity
-from .selection import boundary as boundary
-from .selection import is_convex as is_convex
-
-__all__ = [
-    "Convexity",
-    "boost_phase_diagrams",
-    "boundary",
-    "boundary_curve",
-    "critical_temperature",
-    "crossings",
-    "eigen_critical_mu",
-    "eigen_phase_diagram",
-    "is_convex",
-    "is_vectorizable",
-    "mdp_phase_diagram",
-    "route_chain",
-    "route_mass",
-    "route_policy",
-    "steepest_descent",
-    "sweep",
-]
+from ._selection_phase import Convexity as Convexity
+from ._selection_phase import boundary as boundary
+from ._selection_phase import is_convex as is_convex

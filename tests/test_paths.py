@@ -581,11 +581,11 @@ def test_bad_input():
         qp.best_paths(mdp, 2.5, 3)
     with pytest.raises(QuasirlValueError, match=r"T must be finite and >= 0, but T\[1\] = -1"):
         qp.path_integral(mdp, np.array([1.0, -1.0]), 2)
-    with pytest.raises(QuasirlValueError, match="k must be a positive integer, got 0"):
+    with pytest.raises(QuasirlValueError, match="k must be >= 1, got 0"):
         qp.best_paths(mdp, 2, 0)
-    with pytest.raises(QuasirlValueError, match="limit must be a positive integer, got -5"):
+    with pytest.raises(QuasirlValueError, match="limit must be >= 1, got -5"):
         qp.enumerate_paths(mdp, 2, limit=-5)
-    with pytest.raises(QuasirlValueError, match="levels must be a positive integer"):
+    with pytest.raises(QuasirlValueError, match="levels must be >= 1, got 0"):
         qp.return_spectrum(mdp, 2, levels=0)
     with pytest.raises(QuasirlValueError, match="lineage_chain needs T > 0"):
         qp.lineage_chain(mdp, 0.0)

@@ -483,7 +483,7 @@ def test_bad_input_raises_named_errors():
         sel.best_of_n_law(np.array([0.2, 0.3]), np.array([0.0, 1.0]), 3)
     with pytest.raises(QuasirlValueError, match="N must be >= 1, got 0"):
         sel.best_of_n_kl(np.array([0.5, 0.5]), np.array([0.0, 1.0]), 0)
-    with pytest.raises(QuasirlValueError, match="key must be a jax.random key"):
+    with pytest.raises(QuasirlValueError, match="key must be one JAX random key"):
         sel.simulate_chaining(123, 0.3, 0.8, 0.4)
     with pytest.raises(QuasirlValueError, match="expected a 2-D DataArray"):
         sel.is_convex(xr.DataArray(np.zeros(3), dims=("a",), coords={"a": [0, 1, 2]}), 0.0)

@@ -555,14 +555,14 @@ def test_gradient_through_evolve_matches_finite_differences():
 
 
 def test_no_recompilation_for_new_rates():
-    from quasirl._sequence_kron import _stationary_kernel
+    from quasirl.sequence._kron import stationary_kernel
 
     f = S.single_peak(7, 3.0)
     S.stationary(f, 0.01)
-    n = _stationary_kernel._cache_size()
+    n = stationary_kernel._cache_size()
     S.stationary(f, 0.02)
     S.stationary(f, np.full(7, 0.03))
-    assert _stationary_kernel._cache_size() == n
+    assert stationary_kernel._cache_size() == n
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import pytest
 
 import quasirl as qr
 from quasirl import sequence as S
-from quasirl._sequence_kron import apply_q, default_groups, resolve_kernel, site_rates
 from quasirl._validate import QuasirlValueError
+from quasirl.sequence._checks import site_rates
+from quasirl.sequence._kron import apply_q, default_groups, resolve_kernel
 
 pytestmark = pytest.mark.skipif(
     not qr.kernel_status()["available"],

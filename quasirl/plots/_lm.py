@@ -1,7 +1,8 @@
 """Figures for the language-model bridge: evaluator ROC, transfer function, trajectory.
 
-Each function takes the JSON-ready summary written by ``quasirl.lm.validate`` (so a figure can
-be redrawn from the stored JSON alone) and returns a Figure.
+Each function takes the ``to_dict()`` of a ``quasirl.lm.validate`` result, which is also what
+its JSON file holds (so a figure can be redrawn from the stored JSON alone), and returns a
+Figure. ``quasirl lm ...`` draws them; the library itself never imports this module.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from ._style import LINESTYLES, MARKERS, line_colors, new_figure
-
-__all__ = ["calibration_figure", "chaining_figure", "transfer_figure", "trajectory_figure"]
 
 _SIGNAL_NAMES = {"yesno": "survey Yes/No", "scale5": "survey 5-point",
                  "likelihood": "own likelihood", "gold": "gold checker"}

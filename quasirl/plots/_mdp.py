@@ -6,8 +6,6 @@ import numpy as np
 
 from ._style import FIELD_CMAP, line_colors, new_figure
 
-__all__ = ["plot_free_energy", "plot_optimal_mass", "plot_policy_maps"]
-
 
 def plot_free_energy(T, F, max_return, neg_log_w_star, title=None):
     """F(T) = T log Z against T, approaching max R inside the proven band.

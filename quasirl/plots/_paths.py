@@ -7,8 +7,6 @@ import numpy as np
 
 from ._style import line_colors, new_figure
 
-__all__ = ["plot_mass_asymptote", "plot_unrolled_flow"]
-
 
 def plot_mass_asymptote(T, mass, asymptote, delta, ratio_n2_w1, mass_enumerated=None,
                         title=None):

@@ -6,9 +6,6 @@ import numpy as np
 
 from ._style import FIELD_CMAP, LINESTYLES, line_colors, new_figure
 
-__all__ = ["plot_boost_phase", "plot_eigen_phase", "plot_mass_convergence", "plot_mdp_phase",
-           "plot_phase_field"]
-
 # Theory curves are drawn in white with a dark outline so they read on any part of cividis and
 # in grey scale; numeric boundaries are markers, so the two never look alike.
 

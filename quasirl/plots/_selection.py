@@ -7,13 +7,6 @@ import numpy as np
 
 from ._style import FIELD_CMAP, LINESTYLES, MARKERS, line_colors, new_figure
 
-__all__ = [
-    "plot_best_of_n",
-    "plot_error_trajectories",
-    "plot_luce_curation",
-    "plot_selection_phase",
-]
-
 _HALO = [pe.Stroke(linewidth=3.6, foreground="white"), pe.Normal()]
 _DARK_HALO = [pe.Stroke(linewidth=3.6, foreground="black"), pe.Normal()]
 

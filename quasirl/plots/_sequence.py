@@ -6,8 +6,6 @@ import numpy as np
 
 from ._style import LINESTYLES, MARKERS, line_colors, new_figure
 
-__all__ = ["plot_class_distribution", "plot_master_fraction", "plot_wright_fisher"]
-
 
 def plot_master_fraction(sweeps, *, sigma, thresholds=None, full_space=None, title=None):
     """Stationary master-sequence fraction x_0 against the per-site error rate mu, several L.

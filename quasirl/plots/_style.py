@@ -17,8 +17,6 @@ if not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["FIELD_CMAP", "LINESTYLES", "MARKERS", "line_colors", "new_figure", "savefig", "style"]
-
 FIELD_CMAP = "cividis"
 LINESTYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")

@@ -15,14 +15,13 @@ first therefore leaves the sites in their original order, at the cost of one GEM
 and one write of the vector) per block: 2^(g+1) flops per entry and block.
 See benchmarks/bench_sequence.py for the choice of the default grouping.
 
-Jit policy: the private ``_*_kernel`` functions are jitted (shapes and groupings static);
+Jit policy: the ``*_kernel`` functions are jitted (shapes and groupings static);
 public functions validate concrete input and call them once.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from functools import partial
 from typing import NamedTuple
 
@@ -30,173 +29,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _kernels
-from ._kron_xla import reference
-from ._native import kron as _native_kron
-from ._validate import (
-    QuasirlValueError,
-    check_finite,
-    check_nonnegative,
-    check_real,
-    is_concrete,
+from .. import _kernels
+from .._kron_xla import reference
+from .._native import kron as _native_kron
+from .._validate import QuasirlValueError, check_finite, check_int, check_nonnegative, float_dtype
+from ._checks import (
+    check_fitness,
+    check_groups,
+    check_L,
+    check_master,
+    check_model,
+    check_numbers,
+    check_tol,
+    check_vector,
+    site_rates,
 )
-
-__all__ = [
-    "MutationSpectrum",
-    "Stationary",
-    "Trajectory",
-    "class_distribution",
-    "default_groups",
-    "evolve",
-    "hamming_distance",
-    "mutate",
-    "mutation_spectrum",
-    "stationary",
-]
-
-MAX_L = 34
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-# --------------------------------------------------------------------------------------------
-def _float_dtype(*xs):
-    """The float dtype of the computation: the floating inputs' common type. Non-numeric input
-    is skipped here (its own check names it) instead of failing inside ``jnp.asarray``."""
-    dts = []
-    for x in xs:
-        if x is None:
-            continue
-        dt = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
-        if np.issubdtype(dt, np.floating):
-            dts.append(jax.dtypes.canonicalize_dtype(dt))
-    return jnp.result_type(*dts) if dts else jnp.result_type(float)
-
-
-def check_numbers(name: str, x, *, bools: bool = False) -> np.ndarray | None:
-    """Refuse non-numeric (strings, objects; booleans unless ``bools``) and complex input;
-    return x as a numpy array when it is concrete (None for a traced value, whose dtype alone
-    is checked)."""
-    if not is_concrete(x):
-        check_real(name, x)
-        return None
-    a = np.asarray(x)
-    if a.dtype == bool and bools:
-        return a
-    if a.dtype == object or a.dtype == bool or not np.issubdtype(a.dtype, np.number):
-        what = f"dtype {a.dtype}" if a.ndim else repr(x)
-        raise QuasirlValueError(f"{name} must be a number or an array of numbers, got {what}")
-    check_real(name, a)
-    return a
-
-
-def check_key(key, name: str = "key") -> None:
-    """A JAX random key: a typed key (jax.random.key) or a raw uint32 key (jax.random.PRNGKey)."""
-    if isinstance(key, jax.core.Tracer):
-        return
-    ok = isinstance(key, jax.Array) and (
-        (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0)
-        or (key.dtype == jnp.uint32 and key.shape == (2,)))
-    if not ok:
-        raise QuasirlValueError(
-            f"{name} must be one JAX random key (jax.random.key(seed)), got {key!r}")
-
-
-def check_L(L, name: str = "L", limit: int = MAX_L) -> int:
-    if isinstance(L, bool) or not isinstance(L, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"{name} must be an integer, got {L!r}")
-    if not 1 <= int(L) <= limit:
-        raise QuasirlValueError(f"{name} must be between 1 and {limit}, got {int(L)}")
-    return int(L)
-
-
-def length_of(x, name: str) -> int:
-    """L such that x has shape [2^L] (raises otherwise)."""
-    shape = np.shape(x)
-    if len(shape) != 1:
-        raise QuasirlValueError(f"{name} must be a 1-D array of 2^L entries, got shape {shape}")
-    n = shape[0]
-    L = n.bit_length() - 1
-    if n < 2 or (1 << L) != n:
-        raise QuasirlValueError(
-            f"{name} must have 2^L entries (L >= 1), got {n} (not a power of 2 >= 2)"
-        )
-    return L
-
-
-def check_vector(x, name: str) -> int:
-    """A finite real vector over the 2^L genotypes (any sign: Q is linear); return L."""
-    L = length_of(x, name)
-    a = check_numbers(name, x)
-    if a is not None:
-        check_finite(name, a)
-    return L
-
-
-def check_fitness(fitness, name: str = "fitness") -> int:
-    """Validate a full-space fitness vector; return L."""
-    L = length_of(fitness, name)
-    a = check_numbers(name, fitness)
-    if a is not None:
-        check_finite(name, a)
-        check_nonnegative(name, a)
-        if not (a > 0).any():
-            raise QuasirlValueError(f"{name} must have a positive entry, but all are 0")
-    return L
-
-
-def check_per_site(x, name: str, L: int):
-    """A scalar or a per-site [L] array of numbers: its numpy form (concrete input), else None
-    after a shape check of the traced value."""
-    if not is_concrete(x):
-        check_real(name, x)
-        if jnp.ndim(x) > 1 or (jnp.ndim(x) == 1 and jnp.shape(x)[0] != L):
-            raise QuasirlValueError(f"{name} must be a scalar or have shape ({L},)")
-        return None
-    a = check_numbers(name, x)
-    if a.ndim > 1 or (a.ndim == 1 and a.shape[0] != L):
-        raise QuasirlValueError(
-            f"{name} must be a scalar or a per-site array of shape (L,) = ({L},), "
-            f"got shape {a.shape}"
-        )
-    return a
-
-
-def _check_rate_array(rate, name: str, L: int):
-    a = check_per_site(rate, name, L)
-    if a is not None:
-        af = np.atleast_1d(a)
-        bad = ~np.isfinite(af) | (af < 0) | (af > 1)
-        if bad.any():
-            i = int(np.argwhere(bad)[0][0])
-            where = f"{name}[{i}]" if a.ndim == 1 else name
-            raise QuasirlValueError(f"{name} must be in [0, 1], but {where} = {af[i].item()!r}")
-
-
-def site_rates(mu, nu, L: int, dtype):
-    """(u, v): per-site rates 0 -> 1 and 1 -> 0 as [L] arrays (nu defaults to mu)."""
-    _check_rate_array(mu, "mu", L)
-    if nu is not None:
-        _check_rate_array(nu, "nu", L)
-    u = jnp.broadcast_to(jnp.asarray(mu, dtype), (L,))
-    v = u if nu is None else jnp.broadcast_to(jnp.asarray(nu, dtype), (L,))
-    return u, v
-
-
-def check_count(n, name: str, minimum: int = 0) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"{name} must be an integer, got {n!r}")
-    if n < minimum:
-        raise QuasirlValueError(f"{name} must be >= {minimum}, got {n}")
-    return int(n)
-
-
-def check_master(master, L: int) -> int:
-    if isinstance(master, bool) or not isinstance(master, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"master must be an integer genotype index, got {master!r}")
-    if not 0 <= int(master) < (1 << L):
-        raise QuasirlValueError(f"master must be in [0, 2^L) = [0, {1 << L}), got {int(master)}")
-    return int(master)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,24 +67,6 @@ def default_groups(L: int, dtype=None) -> tuple[int, ...]:
     n = -(-L // gmax)
     base, extra = divmod(L, n)
     return tuple([base + 1] * extra + [base] * (n - extra))
-
-
-def check_groups(groups, L: int) -> tuple[int, ...]:
-    if groups is None:
-        return None
-    try:
-        g = tuple(int(x) for x in groups)
-    except (TypeError, ValueError) as exc:
-        raise QuasirlValueError(
-            f"groups must be a sequence of positive integers, got {groups!r}"
-        ) from exc
-    if any(x < 1 for x in g) or sum(g) != L:
-        raise QuasirlValueError(
-            f"groups must be positive block sizes summing to L = {L}, got {g} (sum {sum(g)})"
-        )
-    if max(g) > 12:
-        raise QuasirlValueError(f"groups must have blocks of at most 12 sites, got {max(g)}")
-    return g
 
 
 def resolve_kernel(kernel, groups, what: str = "sequence") -> bool:
@@ -269,7 +98,7 @@ def _ck_rates(u, v, dt):
 # --------------------------------------------------------------------------------------------
 # Hamming classes
 # --------------------------------------------------------------------------------------------
-def _class_sum(x, L: int):
+def class_sum(x, L: int):
     """[L+1] sums of x over genotypes with k ones (no index array: a per-bit fold)."""
     h = x.reshape(-1, 1)
     for _ in range(L):
@@ -280,7 +109,7 @@ def _class_sum(x, L: int):
     return h.reshape(L + 1)
 
 
-def _relabel(x, L: int, master: int):
+def relabel(x, L: int, master: int):
     """x over genotypes relabelled so that ``master`` becomes 0 (XOR with master)."""
     if master == 0:
         return x
@@ -290,7 +119,7 @@ def _relabel(x, L: int, master: int):
 
 @partial(jax.jit, static_argnames=("L", "master"))
 def _classes_kernel(x, L: int, master: int):
-    return _class_sum(_relabel(x, L, master), L)
+    return class_sum(relabel(x, L, master), L)
 
 
 def class_distribution(x, master: int = 0):
@@ -333,7 +162,7 @@ def mutate(x, mu, nu=None, *, groups=None, kernel: str = "auto"):
     """
     L = check_vector(x, "x")
     x = jnp.asarray(x)
-    dtype = _float_dtype(x, mu, nu)
+    dtype = float_dtype(x, mu, nu)
     u, v = site_rates(mu, nu, L, dtype)
     g = check_groups(groups, L)
     native = resolve_kernel(kernel, g, "sequence.mutate")
@@ -357,7 +186,7 @@ def mutation_spectrum(L: int, mu, nu=None) -> MutationSpectrum:
     the genotype order of S (bit L-1-j of the index set for site j).
     """
     L = check_L(L)
-    dtype = _float_dtype(mu, nu)
+    dtype = float_dtype(mu, nu)
     u, v = site_rates(mu, nu, L, dtype)
     lam = 1 - u - v
     scalar = np.ndim(mu) == 0 and (nu is None or np.ndim(nu) == 0)
@@ -473,7 +302,7 @@ def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, mod
         return xn, (jnp.dot(f, x) if s is None else s, xn[master])
 
     def record(x):
-        return _class_sum(_relabel(x, L, master), L)
+        return class_sum(relabel(x, L, master), L)
 
     if save_every is None:
         x, (mf, xm) = jax.lax.scan(one, x0, None, length=generations)
@@ -494,15 +323,6 @@ def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, mod
     mf = back(jnp.concatenate([mf, jnp.dot(f, x)[None]]))  # f . x_t for t = 0..G
     xm = jnp.concatenate([x0[master][None], xm])
     return Trajectory(x, mf, xm, classes)
-
-
-def _check_model(model, dt):
-    if model not in ("discrete", "continuous"):
-        raise QuasirlValueError(f"model must be 'discrete' or 'continuous', got {model!r}")
-    if model == "continuous":
-        a = check_numbers("dt", dt)
-        if a is not None and (a.ndim or not (np.isfinite(a) and a > 0)):
-            raise QuasirlValueError(f"dt must be a finite number > 0, got {dt!r}")
 
 
 def _initial(x0, f, L, dtype, name="x0"):
@@ -542,12 +362,12 @@ def evolve(
     scales the mean fitness back, so fitness up to the dtype's largest value stays finite.
     """
     L = check_fitness(fitness)
-    generations = check_count(generations, "generations")
+    generations = check_int("generations", generations, minimum=0)
     if save_every is not None:
-        save_every = check_count(save_every, "save_every", 1)
-    _check_model(model, dt)
+        save_every = check_int("save_every", save_every, minimum=1)
+    check_model(model, dt)
     master = check_master(master, L)
-    dtype = _float_dtype(fitness, mu, nu, x0)
+    dtype = float_dtype(fitness, mu, nu, x0)
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
     g = check_groups(groups, L)
@@ -699,7 +519,7 @@ def _power(amul, weight, x0, tol, max_iter, accelerate):
 
 
 @partial(jax.jit, static_argnames=("groups", "native", "model", "accelerate"))
-def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, native, model, accelerate):
+def stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, native, model, accelerate):
     if model == "discrete":
         weight, _ = _scaled_fitness(f, model)  # the Perron vector is invariant to the scale
         uu, vv = u, v
@@ -717,20 +537,6 @@ def _stationary_kernel(f, u, v, x0, tol, max_iter, dt, groups, native, model, ac
         x = d_half * x
         x = x / jnp.sum(x)
     return Stationary(x, jnp.dot(f, x), it, d, r, err, err <= tol)
-
-
-def default_tol(dtype) -> float:
-    return 1e-12 if jnp.dtype(dtype).itemsize >= 8 else 1e-5
-
-
-def check_tol(tol, dtype):
-    """The power iteration's tolerance: a finite number > 0 (default :func:`default_tol`)."""
-    if tol is None:
-        return default_tol(dtype)
-    a = check_numbers("tol", tol)
-    if a is not None and (a.ndim or not (np.isfinite(a) and a > 0)):
-        raise QuasirlValueError(f"tol must be a finite number > 0, got {tol!r}")
-    return tol
 
 
 def stationary(
@@ -758,9 +564,9 @@ def stationary(
     value is fine (the iteration runs on f / 2^e >= max f; see :func:`evolve`).
     """
     L = check_fitness(fitness)
-    max_iter = check_count(max_iter, "max_iter", 1)
-    _check_model(model, dt)
-    dtype = _float_dtype(fitness, mu, nu, x0)
+    max_iter = check_int("max_iter", max_iter, minimum=1)
+    check_model(model, dt)
+    dtype = float_dtype(fitness, mu, nu, x0)
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
     tol = check_tol(tol, dtype)
@@ -769,6 +575,6 @@ def stationary(
     g = check_groups(groups, L)
     native = resolve_kernel(kernel, g, "sequence.stationary")
     x = _initial(x0, f, L, dtype)
-    return _stationary_kernel(f, u, v, x, jnp.asarray(tol, dtype), jnp.int32(max_iter),
+    return stationary_kernel(f, u, v, x, jnp.asarray(tol, dtype), jnp.int32(max_iter),
                               jnp.asarray(dt, dtype), g or default_groups(L, dtype), native,
                               model, bool(accelerate))

@@ -21,26 +21,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._sequence_kron import (
-    _class_sum,
-    _float_dtype,
-    _relabel,
-    apply_q,
-    check_count,
+from .._validate import (
+    QuasirlValueError,
+    check_finite,
+    check_int,
+    check_key,
+    check_nonnegative,
+    float_dtype,
+    is_concrete,
+)
+from ._checks import (
     check_fitness,
     check_groups,
-    check_key,
     check_L,
     check_master,
     check_numbers,
-    default_groups,
-    resolve_kernel,
-    scale_by_max,
     site_rates,
 )
-from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
-
-__all__ = ["Population", "WrightFisher", "wright_fisher", "wright_fisher_individuals"]
+from ._kron import apply_q, class_sum, default_groups, relabel, resolve_kernel, scale_by_max
 
 MAX_INDIVIDUAL_L = 100_000
 
@@ -49,7 +47,7 @@ MAX_N = 2**31 - 1
 
 
 def _check_population(N) -> int:
-    N = check_count(N, "N", 1)
+    N = check_int("N", N, minimum=1)
     if N > MAX_N:
         raise QuasirlValueError(
             f"N = {N} exceeds the largest population these simulations hold, 2^31 - 1 = {MAX_N}"
@@ -57,8 +55,6 @@ def _check_population(N) -> int:
             f"larger populations the deterministic map (evolve, stationary) is the N -> "
             f"infinity limit")
     return N
-
-
 
 
 class WrightFisher(NamedTuple):
@@ -145,7 +141,7 @@ def _wf_kernel(key, f, u, v, n0, N, generations, save_every, groups, native, mas
         return n, (n[master] * inv_n, back(jnp.dot(f, n.astype(f.dtype)) * inv_n))
 
     def record(n):
-        return _class_sum(_relabel(n.astype(f.dtype) * inv_n, L, master), L)
+        return class_sum(relabel(n.astype(f.dtype) * inv_n, L, master), L)
 
     n, (xm, mf), cl = _scan_record(one, record, n0, keys, save_every)
     xm = jnp.concatenate([(n0[master] * inv_n)[None].astype(xm.dtype), xm])
@@ -171,11 +167,11 @@ def wright_fisher(
     check_key(key)
     L = check_fitness(fitness)
     N = _check_population(N)
-    generations = check_count(generations, "generations")
+    generations = check_int("generations", generations, minimum=0)
     if save_every is not None:
-        save_every = check_count(save_every, "save_every", 1)
+        save_every = check_int("save_every", save_every, minimum=1)
     master = check_master(master, L)
-    dtype = _float_dtype(fitness, mu, nu)
+    dtype = float_dtype(fitness, mu, nu)
     f = jnp.asarray(fitness, dtype)
     u, v = site_rates(mu, nu, L, dtype)
     g = check_groups(groups, L)
@@ -198,7 +194,7 @@ def wright_fisher(
         n0 = jnp.asarray(n0, jnp.int32)
     if generations == 0:
         x = n0.astype(dtype) / N
-        cl = None if save_every is None else _class_sum(_relabel(x, L, master), L)[None]
+        cl = None if save_every is None else class_sum(relabel(x, L, master), L)[None]
         fs, back = scale_by_max(f)
         return WrightFisher(n0, x[master][None], back(jnp.dot(fs, x))[None], cl)
     return _wf_kernel(key, f, u, v, n0, N, generations, save_every, g, native, master)
@@ -258,9 +254,9 @@ def wright_fisher_individuals(
     """
     check_key(key)
     N = _check_population(N)
-    generations = check_count(generations, "generations")
+    generations = check_int("generations", generations, minimum=0)
     if save_every is not None:
-        save_every = check_count(save_every, "save_every", 1)
+        save_every = check_int("save_every", save_every, minimum=1)
     table = None
     if callable(fitness):
         if L is None:
@@ -288,7 +284,7 @@ def wright_fisher_individuals(
             if not (np.asarray(table) > 0).any():
                 raise QuasirlValueError("fitness must have a positive entry, but all are 0")
         fn = None
-    dtype = _float_dtype(table, mu, nu)
+    dtype = float_dtype(table, mu, nu)
     if table is not None:
         table = table.astype(dtype)
     u, v = site_rates(mu, nu, L, dtype)

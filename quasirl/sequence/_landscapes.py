@@ -14,25 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._sequence_kron import (
+from .._validate import (
+    QuasirlValueError,
+    check_finite,
     check_key,
-    check_L,
-    check_master,
-    check_numbers,
-    check_per_site,
-    hamming_distance,
+    check_nonnegative,
+    is_concrete,
+    is_int,
 )
-from ._validate import QuasirlValueError, check_finite, check_nonnegative, is_concrete
-
-__all__ = [
-    "NKTables",
-    "hamming_landscape",
-    "multiplicative",
-    "nk",
-    "nk_tables",
-    "rough_mt_fuji",
-    "single_peak",
-]
+from ._checks import check_L, check_master, check_numbers, check_per_site
+from ._kron import hamming_distance
 
 MAX_LANDSCAPE_L = 30
 
@@ -155,7 +146,7 @@ def nk_tables(key, L: int, K: int, neighbors: str = "adjacent") -> NKTables:
     "random": K distinct other sites drawn uniformly)."""
     check_key(key)
     L = _L(L)
-    if isinstance(K, bool) or not isinstance(K, int | np.integer) or not 0 <= K < L:
+    if not is_int(K) or not 0 <= K < L:
         raise QuasirlValueError(f"K must be an integer in [0, L - 1] = [0, {L - 1}], got {K!r}")
     K = int(K)
     k_tab, k_nb = jax.random.split(key)

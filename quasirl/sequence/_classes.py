@@ -20,23 +20,14 @@ similarity that symmetrises M would amplify rounding by up to sqrt(C(L, L/2)) ~ 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
 import scipy.stats
 
-from ._validate import QuasirlValueError, check_finite, check_nonnegative, check_real
-
-__all__ = [
-    "ClassStationary",
-    "cerf_dalmau",
-    "class_iterate",
-    "class_matrix",
-    "class_stationary",
-    "swetina_schuster",
-]
+from .._validate import QuasirlValueError, check_finite, check_int, check_nonnegative, check_real
+from ._checks import check_class_fitness
 
 # The class reduction works on dense (L+1) x (L+1) matrices: O(L^2) memory and O(L^3) time
 # (measured on 2 CPU cores: 0.8 s at L = 1000, 4 s at L = 2000, 30 s at L = 5000).
@@ -57,16 +48,13 @@ class ClassStationary(NamedTuple):
 # validation
 # --------------------------------------------------------------------------------------------
 def _check_L(L, name="L", limit=MAX_CLASS_L) -> int:
-    if isinstance(L, bool) or not isinstance(L, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"{name} must be an integer, got {L!r}")
-    if limit == MAX_CLASS_L and int(L) > limit:
+    L = check_int(name, L)
+    if limit == MAX_CLASS_L and L > limit:
         raise QuasirlValueError(
-            f"{name} = {int(L)} exceeds the class reduction's limit of {limit}: it works on "
+            f"{name} = {L} exceeds the class reduction's limit of {limit}: it works on "
             f"dense (L+1) x (L+1) matrices, O(L^2) memory and O(L^3) time (about 4 s at "
             f"L = 2000 and 30 s at L = 5000 on 2 CPU cores)")
-    if not 1 <= int(L) <= limit:
-        raise QuasirlValueError(f"{name} must be between 1 and {limit}, got {int(L)}")
-    return int(L)
+    return check_int(name, L, 1, limit)
 
 
 def _number(name: str, x) -> float:
@@ -92,28 +80,6 @@ def _check_rate(rate, name: str) -> float:
     if not (np.isfinite(r) and 0.0 <= r <= 1.0):
         raise QuasirlValueError(f"{name} must be in [0, 1], got {r!r}")
     return r
-
-
-def _check_class_fitness(f, L=None) -> np.ndarray:
-    a = np.asarray(f)
-    if a.dtype == object or a.dtype == bool or not np.issubdtype(a.dtype, np.number):
-        raise QuasirlValueError(
-            f"f_of_distance must be an array of numbers, got dtype {a.dtype}")
-    check_real("f_of_distance", a)
-    a = a.astype(np.float64)
-    if a.ndim != 1 or a.size < 2:
-        raise QuasirlValueError(
-            f"f_of_distance must be a 1-D array of L + 1 >= 2 class fitnesses, got shape {a.shape}"
-        )
-    if L is not None and a.size != L + 1:
-        raise QuasirlValueError(
-            f"f_of_distance must have L + 1 = {L + 1} entries, got {a.size}"
-        )
-    check_finite("f_of_distance", a)
-    check_nonnegative("f_of_distance", a)
-    if not (a > 0).any():
-        raise QuasirlValueError("f_of_distance must have a positive entry, but all are 0")
-    return a
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,13 +109,10 @@ def class_iterate(f_of_distance, mu: float, generations: int, y0=None, nu=None) 
 
     y0 defaults to all mass on the master class (k = 0).
     """
-    f = _check_class_fitness(f_of_distance)
+    f = check_class_fitness(f_of_distance)
     L = _check_L(f.size - 1)
     Q = class_matrix(L, mu, nu)
-    if isinstance(generations, bool) or not isinstance(generations, numbers.Integral):
-        raise QuasirlValueError(f"generations must be an integer, got {generations!r}")
-    if generations < 0:
-        raise QuasirlValueError(f"generations must be >= 0, got {generations}")
+    generations = check_int("generations", generations, minimum=0)
     y = np.zeros(L + 1)
     if y0 is None:
         y[0] = 1.0
@@ -199,7 +162,7 @@ def class_stationary(
     L is at most MAX_CLASS_L = 2000: the reduction works on dense (L+1) x (L+1) matrices
     (O(L^2) memory, O(L^3) time, about 4 s at L = 2000 on 2 CPU cores); longer sequences raise.
     """
-    f = _check_class_fitness(f_of_distance)
+    f = check_class_fitness(f_of_distance)
     L = _check_L(f.size - 1)
     u = _check_rate(mu, "mu")
     v = u if nu is None else _check_rate(nu, "nu")
@@ -308,13 +271,9 @@ def cerf_dalmau(sigma: float, a: float, kmax: int, terms: int | None = None) -> 
         raise QuasirlValueError(f"sigma must be a finite number > 1, got {sigma!r}")
     if not (np.isfinite(a) and a >= 0.0):
         raise QuasirlValueError(f"a must be a finite number >= 0, got {a!r}")
-    if isinstance(kmax, bool) or not isinstance(kmax, numbers.Integral | np.integer):
-        raise QuasirlValueError(f"kmax must be an integer, got {kmax!r}")
-    kmax = _check_L(kmax + 1, "kmax + 1", limit=MAX_CLOSED_FORM_L) - 1
-    if terms is not None and (isinstance(terms, bool)
-                              or not isinstance(terms, numbers.Integral | np.integer)
-                              or terms < 1):
-        raise QuasirlValueError(f"terms must be an integer >= 1 (or None), got {terms!r}")
+    kmax = _check_L(check_int("kmax", kmax) + 1, "kmax + 1", limit=MAX_CLOSED_FORM_L) - 1
+    if terms is not None:
+        terms = check_int("terms", terms, minimum=1)
     if a >= math.log(sigma):
         return np.zeros(kmax + 1)
     # terms of the series decay like i^k sigma^-i: take enough i for double precision

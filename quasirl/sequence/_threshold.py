@@ -20,23 +20,18 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from ._sequence_classes import _check_class_fitness, class_stationary
-from ._sequence_kron import (
-    _check_model,
-    _float_dtype,
-    _stationary_kernel,
-    check_count,
+from .._validate import QuasirlValueError, check_int, float_dtype
+from ._checks import (
+    check_class_fitness,
     check_fitness,
     check_groups,
     check_master,
+    check_model,
     check_numbers,
     check_tol,
-    default_groups,
-    resolve_kernel,
 )
-from ._validate import QuasirlValueError
-
-__all__ = ["Threshold", "error_threshold", "superiority"]
+from ._classes import class_stationary
+from ._kron import default_groups, resolve_kernel, stationary_kernel
 
 
 class Threshold(NamedTuple):
@@ -65,7 +60,7 @@ def superiority(fitness, *, space: str = "full", master: int | None = None) -> f
     if space not in ("full", "classes"):
         raise QuasirlValueError(f"space must be 'full' or 'classes', got {space!r}")
     if space == "classes":
-        f = _check_class_fitness(fitness)
+        f = check_class_fitness(fitness)
         L = f.size - 1
         logw = np.array([math.lgamma(L + 1) - math.lgamma(k + 1) - math.lgamma(L - k + 1)
                          for k in range(1, L + 1)])
@@ -99,16 +94,16 @@ def error_threshold(
     """
     if space not in ("full", "classes"):
         raise QuasirlValueError(f"space must be 'full' or 'classes', got {space!r}")
-    points = check_count(points, "points", 4)
-    levels = check_count(levels, "levels", 1)
-    max_iter = check_count(max_iter, "max_iter", 1)
-    _check_model(model, dt)
+    points = check_int("points", points, minimum=4)
+    levels = check_int("levels", levels, minimum=1)
+    max_iter = check_int("max_iter", max_iter, minimum=1)
+    check_model(model, dt)
     a = check_numbers("nu_ratio", nu_ratio)
     if a is None or a.ndim or not (np.isfinite(a) and a >= 0):
         raise QuasirlValueError(f"nu_ratio must be a finite number >= 0, got {nu_ratio!r}")
     nu_ratio = float(a)
     if space == "classes":
-        f = _check_class_fitness(fitness)
+        f = check_class_fitness(fitness)
         L = f.size - 1
         sigma = superiority(f, space="classes")
         m = 0
@@ -136,7 +131,7 @@ def error_threshold(
             xs = [class_stationary(f, mu, mu * nu_ratio, model=model).distribution for mu in mus]
             return np.array([x[0] for x in xs]), xs
     else:
-        dtype = _float_dtype(fitness)
+        dtype = float_dtype(fitness)
         fj = jnp.asarray(fitness, dtype)
         g = check_groups(groups, L)
         native = resolve_kernel(kernel, g, "sequence.error_threshold")
@@ -154,7 +149,7 @@ def error_threshold(
             xs = []
             for mu, x0 in zip(mus, x0s, strict=True):
                 u = jnp.full((L,), mu, dtype)
-                res = _stationary_kernel(fj, u, u * nu_ratio, x0, jnp.asarray(tol_, dtype),
+                res = stationary_kernel(fj, u, u * nu_ratio, x0, jnp.asarray(tol_, dtype),
                                          jnp.int32(max_iter), jnp.asarray(dt, dtype), g, native,
                                          model, True)
                 xs.append(res.distribution)
