@@ -110,7 +110,7 @@ def test_task_bad_input():
         qlm.Task.from_pairs("x", [("a", "b"), "oops"])
     with pytest.raises(QuasirlValueError, match="style must be one of"):
         qlm.Task.from_pairs("x", [("a", "b"), ("c", "d")], style="chat")
-    with pytest.raises(QuasirlValueError, match="digits must be an integer in"):
+    with pytest.raises(QuasirlValueError, match=r"digits must be between 1 and 9, got 0"):
         qlm.arithmetic(digits=0)
     with pytest.raises(QuasirlValueError, match="task must be 'capitals'"):
         qlm.get_task("nope")
@@ -253,17 +253,16 @@ def test_exp1_exp2_cover_the_truth_in_50_seeds(task):
     hits = {k: 0 for k in ("eps", "tpr", "fpr", "lam", "eps_star", "auroc", "bayes")}
     for seed in range(50):
         lm, cal, tr = _exp12(task, seed)
-        s, t = cal.summary, tr.summary
-        y = s["signals"]["yesno"]
+        y = cal.signals["yesno"]
         checks = {
-            "eps": (s["eps_ci"], (1 - TRUE["lam"]) * TRUE["eps0"]),  # gold demos: g(0)
-            "tpr": (y["tpr_ci"], TRUE["tpr"]), "fpr": (y["fpr_ci"], TRUE["fpr"]),
-            "lam": (t["lam_ci"], TRUE["lam"]), "eps_star": (t["eps_star_ci"], TRUE["eps0"]),
-            "auroc": (s["signals"]["likelihood"]["auroc_ci"], lm.likelihood_auroc),
+            "eps": (cal.eps_ci, (1 - TRUE["lam"]) * TRUE["eps0"]),  # gold demos: g(0)
+            "tpr": (y.tpr_ci, TRUE["tpr"]), "fpr": (y.fpr_ci, TRUE["fpr"]),
+            "lam": (tr.lam_ci, TRUE["lam"]), "eps_star": (tr.eps_star_ci, TRUE["eps0"]),
+            "auroc": (cal.signals["likelihood"].auroc_ci, lm.likelihood_auroc),
         }
         for k, ((lo, hi), truth) in checks.items():
             hits[k] += lo <= truth <= hi
-        hits["bayes"] += bool(y["bayes"]["pass"])
+        hits["bayes"] += bool(y.bayes.passed)
     assert all(v >= 45 for v in hits.values()), hits
 
 
@@ -273,14 +272,14 @@ def test_exp3_band_covers_synthetic_trajectory(task):
         lm, cal, tr = _exp12(task, 100 + seed)
         traj = V.trajectory(lm, task, cal, tr, signal="yesno", rounds=3, queries_per_round=30,
                             samples_per_query=3, seed=100 + seed)
-        s = traj.summary
-        passes += s["pass"]
-        slopes.append(s["calibration_slope"])
-        p = traj.prediction.summary["arms"]
+        c = traj.comparison
+        passes += c.passed
+        slopes.append(c.calibration_slope)
+        p = traj.prediction.arms
         # the theory's own mean-field points: oracle stays at g(0); unfiltered tends to eps0
-        np.testing.assert_allclose(p["oracle"]["point"][1:], p["oracle"]["point"][1], rtol=1e-5)
-        assert p["unfiltered"]["point"][-1] > p["filtered"]["point"][-1]
-        assert s["arms"]["unfiltered"]["accept_rate"] == [1.0] * 4
+        np.testing.assert_allclose(p["oracle"].point[1:], p["oracle"].point[1], rtol=1e-5)
+        assert p["unfiltered"].point[-1] > p["filtered"].point[-1]
+        assert c.arms["unfiltered"].accept_rate == (1.0,) * 4
     assert passes >= 5, passes
     assert 0.5 < np.median(slopes) < 1.5, slopes
 
@@ -291,19 +290,18 @@ def test_prediction_uses_selection_theory(task):
     _, cal, tr = _exp12(task, 7)
     pred = V.predict_trajectory(cal, tr, signal="yesno", rounds=4, queries_per_round=30,
                                 samples_per_query=2, seed=0)
-    s, t = cal.summary, tr.summary
-    y = s["signals"]["yesno"]
-    star = t["a"] / (1 - t["lam"])
-    want = selection.adapt_trajectory(s["eps"], y["tpr"], y["fpr"],
-                                      selection.partial_imitation(star, t["lam"]), 4)
-    np.testing.assert_allclose(pred.summary["arms"]["filtered"]["point"], want, rtol=1e-5)
+    y = cal.signals["yesno"]
+    star = tr.a / (1 - tr.lam)
+    want = selection.adapt_trajectory(cal.eps, y.tpr, y.fpr,
+                                      selection.partial_imitation(star, tr.lam), 4)
+    np.testing.assert_allclose(pred.arms["filtered"].point, want, rtol=1e-5)
     # hand recurrence as a second oracle
-    e = [s["eps"]]
+    e = [cal.eps]
     for _ in range(4):
-        w = e[-1] * y["fpr"] / (e[-1] * y["fpr"] + (1 - e[-1]) * y["tpr"])
-        e.append(t["a"] + t["lam"] * w)
-    np.testing.assert_allclose(pred.summary["arms"]["filtered"]["point"], e, rtol=1e-5)
-    lo, hi = pred.summary["arms"]["filtered"]["predictive"]
+        w = e[-1] * y.fpr / (e[-1] * y.fpr + (1 - e[-1]) * y.tpr)
+        e.append(float(tr.g(w)))
+    np.testing.assert_allclose(pred.arms["filtered"].point, e, rtol=1e-5)
+    lo, hi = pred.arms["filtered"].predictive
     assert np.all(np.array(lo) <= e) and np.all(np.array(e) <= hi)
 
 
@@ -622,11 +620,121 @@ def test_validate_falls_back_to_gold_contexts(task, tmp_path):
     lm = qlm.SyntheticLM(task, eps0=0.0, tpr=0.9, fpr=0.1, lam=0.0)  # never wrong in Exp 1
     res = V.validate(lm, task, tmp_path, signals=("gold", "likelihood"), exp1_queries=10,
                      exp2_queries=4, exp2_samples=1, rounds=1, queries_per_round=4,
-                     samples_per_query=1, n_boot=100, figures=False)
+                     samples_per_query=1, n_boot=100)
     bank = json.loads((tmp_path / "exp2_transfer.json").read_text())["bank"]
     assert bank.startswith("gold (Exp 1 gave 10 items with a right and 0 with a wrong answer")
-    assert res["exp1"]["eps"] == 0.0
+    assert res.calibration.eps == 0.0 and res.bank == bank
+    assert not list(tmp_path.glob("*.png"))  # the library draws no figures
     # contexts with b k wrong pairs were still built: the wrong answers come from other items
     meta, recs = qlm.read_records(tmp_path / "exp2_transfer.jsonl")
     assert {r["context_wrong"] for r in recs} == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert meta["bank"] is None
+
+
+# ------------------------------------------------------------------------------------------
+# quasirl.lm.validate: typed results, stored results, layering
+# ------------------------------------------------------------------------------------------
+RESULTS = ROOT / "results" / "gemma3-270m-capitals"
+
+
+class _NoModel:
+    """A backend that must not be called: every record already exists."""
+
+    name = "gemma3-270m"
+
+    def generate(self, *args, **kwargs):
+        raise AssertionError("validate called the model although every record exists")
+
+    def score(self, *args, **kwargs):
+        raise AssertionError("validate called the model although every record exists")
+
+
+def _assert_same_json(new, old, where=""):
+    """Same keys and values; numbers to 1e-5 (the stored run had float32 JAX, tests x64)."""
+    if isinstance(old, dict):
+        assert isinstance(new, dict) and set(new) == set(old), (where, set(new) ^ set(old))
+        for k in old:
+            _assert_same_json(new[k], old[k], f"{where}.{k}")
+    elif isinstance(old, list):
+        assert isinstance(new, list) and len(new) == len(old), where
+        for i, (a, b) in enumerate(zip(new, old, strict=True)):
+            _assert_same_json(a, b, f"{where}[{i}]")
+    elif isinstance(old, float) and not isinstance(new, bool):
+        np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-7, err_msg=where)
+    else:
+        assert new == old, (where, new, old)
+
+
+def test_validate_rewrites_the_stored_results_from_their_records(tmp_path):
+    # results/ was written by `quasirl lm validate --model gemma3-270m --task capitals`
+    # (defaults); rerun on copies of its records, the typed results' JSON is the same file
+    for f in RESULTS.glob("*.jsonl"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    res = V.validate(_NoModel(), qlm.capitals(), tmp_path)
+    for name in ("exp1_calibration", "exp2_transfer", "exp3_prediction", "exp3_trajectory"):
+        _assert_same_json(json.loads((tmp_path / f"{name}.json").read_text()),
+                          json.loads((RESULTS / f"{name}.json").read_text()), name)
+    stored = json.loads((RESULTS / "exp2_transfer.json").read_text())
+    assert res.bank == stored["bank"] == "exp1"
+    tr = res.transfer
+    assert (tr.a, tr.lam) == pytest.approx((stored["a"], stored["lam"]))
+    np.testing.assert_allclose(tr.g([0.0, 1.0]), [tr.a, tr.a + tr.lam])
+    assert tr.passed is stored["pass"] and tr.to_dict()["pass"] is stored["pass"]
+    assert res.calibration.signals["likelihood"].bayes.passed is True
+    assert res.trajectory.comparison.coverage == "11/12"
+    assert set(res.to_dict()) == {"exp1", "exp2", "exp3"}
+
+
+def test_results_are_typed_and_immutable(task):
+    import dataclasses
+
+    _, cal, tr = _exp12(task, 3)
+    assert isinstance(cal.signals["yesno"], V.SignalCalibration)
+    assert isinstance(cal.signals["yesno"].bayes, V.BayesCheck)
+    assert isinstance(cal.roc["yesno"], V.Roc)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tr.lam = 1.0
+    # bootstrap draws feed the prediction but stay out of the JSON
+    d = cal.to_dict()
+    assert "eps_draws" not in d and "tpr_draws" not in d["signals"]["yesno"]
+    assert cal.eps_draws.shape == cal.signals["yesno"].tpr_draws.shape == (400,)
+    assert "a_draws" not in tr.to_dict() and tr.a_draws.shape == (400,)
+    assert json.loads(json.dumps(tr.to_dict()))["bs"] == list(tr.bs)
+
+
+def _imports(path):
+    """Every module an import statement in ``path`` names (relative ones resolved)."""
+    import ast
+
+    package = path.relative_to(ROOT).parent.parts  # what "." means in this file
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+            mod = ".".join(x for x in (base, node.module or "") if x)
+            out |= {mod} | {f"{mod}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def test_lm_library_imports_no_plots():
+    # the library computes, the command line draws: nothing under quasirl/lm (validate
+    # included) may import quasirl.plots or matplotlib, even inside a function
+    files = sorted((ROOT / "quasirl" / "lm").rglob("*.py"))
+    assert ROOT / "quasirl" / "lm" / "validate" / "_run.py" in files
+    for path in files:
+        bad = {m for m in _imports(path)
+               if m.startswith(("quasirl.plots", "matplotlib"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_validate_keeps_its_public_names():
+    # one facade (quasirl/lm/validate/__init__.py); the names it had as one module remain
+    public = {n for n in dir(V) if not n.startswith("_")}
+    want = {"Calibration", "Prediction", "Trajectory", "Transfer", "Comparison", "Validation",
+            "analyze_calibration", "analyze_transfer", "calibrate", "collect_calibration",
+            "collect_transfer", "compare", "predict_trajectory", "trajectory", "transfer",
+            "validate", "bank_from_records", "exp2_bank", "SIGNALS"}
+    assert want <= public
+    assert callable(V.validate) and V.validate.__module__ == "quasirl.lm.validate._run"

@@ -148,7 +148,9 @@ def test_loop_checks_every_backend_and_fitness(task, tmp_path):
         qlm.validate.collect_calibration(_BrokenLM(task, 0.3, 0.8, 0.2, 0.5), task, n_queries=4,
                                          signals=("gold",))
     # Youden's "accept nothing" (+inf) reaches the loop as a finite threshold above every f
-    assert qlm.validate._finite_threshold(float("inf")) == 2.0
+    from quasirl.lm.validate._experiments import _finite_threshold
+
+    assert _finite_threshold(float("inf")) == 2.0
 
     def bad_fitness(lm, task, items, samples):
         return np.array([0.5, 1.25])

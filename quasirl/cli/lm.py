@@ -93,56 +93,69 @@ def _write(out: Path, name: str, obj) -> None:
     write_json(out / name, obj, indent=1, sort_keys=True)
 
 
-def _print_calibration(cal: dict, console) -> None:
+def _print_calibration(cal, console) -> None:
+    """Exp 1's table from a ``quasirl.lm.validate.Calibration``."""
     from rich.table import Table
 
-    t = Table(title=f"Exp 1 evaluator ROC: eps = {_fmt_ci(cal['eps'], cal['eps_ci'])} "
-                    f"({cal['n_samples']} samples, {cal['n_queries']} queries)")
+    t = Table(title=f"Exp 1 evaluator ROC: eps = {_fmt_ci(cal.eps, cal.eps_ci)} "
+                    f"({cal.n_samples} samples, {cal.n_queries} queries)")
     for col in ("signal", "AUROC [95%]", "TPR", "FPR", "w pred", "w obs",
                 "Bayes check [95% pred.]"):
         t.add_column(col, justify="right")
-    for s, d in cal["signals"].items():
-        b = d["bayes"]
-        t.add_row(s, _fmt_ci(d["auroc"], d["auroc_ci"]), f"{d['tpr']:.3f}", f"{d['fpr']:.3f}",
-                  f"{b['w_predicted']:.3f}", f"{b['w_observed']:.3f}",
-                  f"{_verdict(b['pass'])} [{b['w_predictive'][0]:.2f}, "
-                  f"{b['w_predictive'][1]:.2f}]")
+    for s, d in cal.signals.items():
+        b = d.bayes
+        t.add_row(s, _fmt_ci(d.auroc, d.auroc_ci), f"{d.tpr:.3f}", f"{d.fpr:.3f}",
+                  f"{b.w_predicted:.3f}", f"{b.w_observed:.3f}",
+                  f"{_verdict(b.passed)} [{b.w_predictive[0]:.2f}, {b.w_predictive[1]:.2f}]")
     console.print(t)
 
 
-def _print_transfer(tr: dict, console) -> None:
+def _print_transfer(tr, console) -> None:
+    """Exp 2's table from a ``quasirl.lm.validate.Transfer``."""
     from rich.table import Table
 
-    t = Table(title=f"Exp 2 transfer: g(b) = {tr['a']:.3f} + {tr['lam']:.3f} b, lam "
-                    f"{_fmt_ci(tr['lam'], tr['lam_ci'])}; linear fit p = "
-                    f"{tr['p_value'] if tr['p_value'] is None else round(tr['p_value'], 3)}: "
-                    f"{_verdict(tr['pass'])}")
+    p = tr.p_value if tr.p_value is None else round(tr.p_value, 3)
+    t = Table(title=f"Exp 2 transfer: g(b) = {tr.a:.3f} + {tr.lam:.3f} b, lam "
+                    f"{_fmt_ci(tr.lam, tr.lam_ci)}; linear fit p = {p}: {_verdict(tr.passed)}")
     for col in ("b", "n", "eps_next", "Wilson 95%", "fit"):
         t.add_column(col, justify="right")
-    for i, b in enumerate(tr["bs"]):
-        t.add_row(f"{b:.2f}", str(tr["n"][i]), f"{tr['eps'][i]:.3f}",
-                  f"[{tr['eps_wilson_lo'][i]:.3f}, {tr['eps_wilson_hi'][i]:.3f}]",
-                  f"{tr['a'] + tr['lam'] * b:.3f}")
+    for i, b in enumerate(tr.bs):
+        t.add_row(f"{b:.2f}", str(tr.n[i]), f"{tr.eps[i]:.3f}",
+                  f"[{tr.eps_wilson_lo[i]:.3f}, {tr.eps_wilson_hi[i]:.3f}]", f"{tr.g(b):.3f}")
     console.print(t)
 
 
-def _print_trajectory(tj: dict, console) -> None:
+def _print_trajectory(tj, console) -> None:
+    """Exp 3's table from a ``quasirl.lm.validate.Trajectory``."""
     from rich.table import Table
 
-    pred = tj["prediction"]["arms"]
-    t = Table(title=f"Exp 3 trajectory ({tj['prediction']['signal']}): chi2 = {tj['chi2']:.2f} "
-                    f"on {tj['dof']} points, p = {tj['p_value']:.3f}: {_verdict(tj['pass'])}; "
-                    f"inside 95% bands {tj['coverage']}; calibration slope "
-                    f"{tj['calibration_slope'] or float('nan'):.2f}")
+    c, pred = tj.comparison, tj.prediction
+    p = "n/a" if c.p_value is None else f"{c.p_value:.3f}"
+    t = Table(title=f"Exp 3 trajectory ({pred.signal}): chi2 = {c.chi2:.2f} on {c.dof} "
+                    f"points, p = {p}: {_verdict(c.passed)}; inside 95% bands {c.coverage}; "
+                    f"calibration slope {c.calibration_slope or float('nan'):.2f}")
     for col in ("arm", "round", "predicted", "predictive 95%", "observed", "Wilson 95%"):
         t.add_column(col, justify="right")
-    for arm, o in tj["arms"].items():
-        p = pred[arm]
-        for n, obs in enumerate(o["observed"]):
-            t.add_row(arm if n == 0 else "", str(n), f"{p['point'][n]:.3f}",
-                      f"[{p['predictive'][0][n]:.3f}, {p['predictive'][1][n]:.3f}]",
-                      f"{obs:.3f}", f"[{o['wilson'][0][n]:.3f}, {o['wilson'][1][n]:.3f}]")
+    for arm, o in c.arms.items():
+        a = pred.arms[arm]
+        for n, obs in enumerate(o.observed):
+            t.add_row(arm if n == 0 else "", str(n), f"{a.point[n]:.3f}",
+                      f"[{a.predictive[0][n]:.3f}, {a.predictive[1][n]:.3f}]",
+                      f"{obs:.3f}", f"[{o.wilson[0][n]:.3f}, {o.wilson[1][n]:.3f}]")
     console.print(t)
+
+
+def _figures(out: Path, calibration=None, transfer=None, trajectory=None) -> None:
+    """The validation figures, drawn from the results' JSON form (as a rerun from the stored
+    JSON would draw them): the library computes, the command line draws."""
+    from quasirl.plots import _lm as plots
+    from quasirl.plots._style import savefig
+
+    for name, result, figure in (("exp1_calibration", calibration, plots.calibration_figure),
+                                 ("exp2_transfer", transfer, plots.transfer_figure),
+                                 ("exp3_trajectory", trajectory, plots.trajectory_figure)):
+        if result is not None:
+            savefig(figure(result.to_dict()), out / f"{name}.png")
 
 
 @lm_app.command("calibrate", epilog="Example: quasirl lm calibrate --model smollm2-135m")
@@ -160,8 +173,6 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     from rich.console import Console
 
     from quasirl.lm import validate as V
-    from quasirl.plots import _lm as plots
-    from quasirl.plots._style import savefig
 
     _finite("--temperature", temperature, 0.0)
     if quick:
@@ -173,9 +184,9 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                                  records=out / "exp1_calibration.jsonl",
                                  progress=_progress("Exp 1", queries * samples))
     cal = V.analyze_calibration(recs, sig, acceptance=acceptance, seed=seed,
-                                n_boot=200 if quick else 1000).to_dict()
-    _write(out, "exp1_calibration.json", {"lm": lm.name, "task": t.name, **cal})
-    savefig(plots.calibration_figure(cal), out / "exp1_calibration.png")
+                                n_boot=200 if quick else 1000)
+    _write(out, "exp1_calibration.json", {"lm": lm.name, "task": t.name, **cal.to_dict()})
+    _figures(out, calibration=cal)
     _print_calibration(cal, Console())
 
 
@@ -196,8 +207,6 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     from rich.console import Console
 
     from quasirl.lm import validate as V
-    from quasirl.plots import _lm as plots
-    from quasirl.plots._style import savefig
 
     _finite("--temperature", temperature, 0.0)
     if quick:
@@ -222,9 +231,9 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                               temperature=temperature, seed=seed, bank=answers,
                               records=out / "exp2_transfer.jsonl",
                               progress=_progress("Exp 2", len(bvals) * queries * samples))
-    tr = V.analyze_transfer(recs, seed=seed, n_boot=200 if quick else 1000).to_dict()
-    _write(out, "exp2_transfer.json", {"lm": lm.name, "task": t.name, **tr})
-    savefig(plots.transfer_figure(tr), out / "exp2_transfer.png")
+    tr = V.analyze_transfer(recs, seed=seed, n_boot=200 if quick else 1000)
+    _write(out, "exp2_transfer.json", {"lm": lm.name, "task": t.name, **tr.to_dict()})
+    _figures(out, transfer=tr)
     _print_transfer(tr, Console())
 
 
@@ -312,10 +321,11 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                      queries_per_round=queries, samples_per_query=samples,
                      temperature=temperature, seed=seed, progress_factory=_progress,
                      **sizes)
+    _figures(out, res.calibration, res.transfer, res.trajectory)
     console = Console()
-    _print_calibration(res["exp1"], console)
-    _print_transfer(res["exp2"], console)
-    _print_trajectory(res["exp3"], console)
+    _print_calibration(res.calibration, console)
+    _print_transfer(res.transfer, console)
+    _print_trajectory(res.trajectory, console)
     console.print(f"records, JSON and figures in {out}/")
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validate import QuasirlValueError
+from .._validate import QuasirlValueError, check_int
 from ._fitness import GoldFitness, accept
 from ._records import RecordLog
 from ._tasks import Task
@@ -84,12 +84,6 @@ class ChainResult:
         return {"config": self.config,
                 "rounds": [dict(r.__dict__, eps=r.eps, w=r.w, accept_rate=r.accept_rate)
                            for r in self.rounds]}
-
-
-def _positive_int(name, v, minimum=1):
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-        raise QuasirlValueError(f"{name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
 
 
 def checked_samples(samples, n: int, where: str) -> list:
@@ -164,15 +158,15 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
     """
     if arm not in ARMS:
         raise QuasirlValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    rounds = _positive_int("rounds", rounds, 0)
-    q_per = _positive_int("queries_per_round", queries_per_round)
-    n_per = _positive_int("samples_per_query", samples_per_query)
-    k = _positive_int("k", k)
-    n_demos = _positive_int("n_demos", n_demos)
+    rounds = check_int("rounds", rounds, 0)
+    q_per = check_int("queries_per_round", queries_per_round, 1)
+    n_per = check_int("samples_per_query", samples_per_query, 1)
+    k = check_int("k", k, 1)
+    n_demos = check_int("n_demos", n_demos, 1)
     if n_demos < k:
         raise QuasirlValueError(f"n_demos must be >= k = {k}, got {n_demos}")
     if buffer_size is not None:
-        buffer_size = _positive_int("buffer_size", buffer_size)
+        buffer_size = check_int("buffer_size", buffer_size, 1)
     if acceptance not in ("hard", "soft"):
         raise QuasirlValueError(f"acceptance must be 'hard' or 'soft', got {acceptance!r}")
     threshold = check_number("threshold", threshold)

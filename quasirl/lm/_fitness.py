@@ -25,7 +25,7 @@ import numpy as np
 
 from .._validate import QuasirlValueError
 from ._tasks import Item, Task, normalize
-from ._types import LM, Sample, check_logprob, check_number, label_probs
+from ._types import LM, Sample, check_logprob, check_number, is_real_number, label_probs
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ FIVE_POINT = Scale(
     (" Not at all", " A little", " Somewhat", " Quite a bit", " A great deal"),
     (0.0, 0.25, 0.5, 0.75, 1.0))
 SCALES = {s.name: s for s in (YES_NO, FIVE_POINT)}
+SIGNALS = ("yesno", "scale5", "likelihood", "gold")  # the names get_fitness knows
 
 
 class SurveyFitness:
@@ -95,7 +96,7 @@ class LikelihoodFitness:
     """
 
     def __init__(self, beta: float = 1.0):
-        if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+        if not (is_real_number(beta) and math.isfinite(beta) and beta > 0):
             raise QuasirlValueError(f"beta must be a finite number > 0, got {beta!r}")
         self.beta = float(beta)
         self.name = "likelihood"
@@ -130,7 +131,18 @@ def get_fitness(name: str, beta: float = 1.0):
     if name == "gold":
         return GoldFitness()
     raise QuasirlValueError(
-        f"signal must be one of 'yesno', 'scale5', 'likelihood', 'gold', got {name!r}")
+        f"signal must be one of {', '.join(map(repr, SIGNALS))}, got {name!r}")
+
+
+def check_signals(signals) -> tuple[str, ...]:
+    """A signal name or a non-empty sequence of them, each one of ``SIGNALS``, as a tuple."""
+    signals = (signals,) if isinstance(signals, str) else tuple(signals)
+    for i, s in enumerate(signals):
+        if s not in SIGNALS:
+            raise QuasirlValueError(f"signals[{i}] must be one of {SIGNALS}, got {s!r}")
+    if not signals:
+        raise QuasirlValueError("signals must name at least one signal")
+    return signals
 
 
 def accept(f, mode: str, threshold: float, u) -> np.ndarray:

@@ -28,13 +28,14 @@ import time
 
 import httpx
 
-from .._validate import QuasirlValueError
+from .._validate import QuasirlValueError, check_int
 from ._types import (
     LMError,
     Sample,
     Score,
     check_generate_args,
     check_logprob,
+    check_number,
     check_score_args,
     sample_seed,
     truncate_at_stop,
@@ -90,19 +91,15 @@ class OpenAICompatibleLM:
             raise QuasirlValueError(f"url must start with http:// or https://, got {url!r}")
         base = url.rstrip("/")
         self.base = base if base.endswith("/v1") else base + "/v1"
-        for nm, v in (("max_retries", max_retries), ("connect_retries", connect_retries)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise QuasirlValueError(f"{nm} must be an integer >= 0, got {v!r}")
-        for nm, v in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff),
-                      ("retry_budget", retry_budget)):
-            if isinstance(v, bool) or not (isinstance(v, int | float) and math.isfinite(v)
-                                           and v >= 0):
-                raise QuasirlValueError(f"{nm} must be a finite number >= 0, got {v!r}")
-            if nm in ("timeout", "retry_budget") and v == 0:
+        self.max_retries = check_int("max_retries", max_retries, 0)
+        self.connect_retries = check_int("connect_retries", connect_retries, 0)
+        self.backoff = check_number("backoff", backoff, 0.0)
+        self.max_backoff = check_number("max_backoff", max_backoff, 0.0)
+        self.timeout = check_number("timeout", timeout, 0.0)
+        self.retry_budget = check_number("retry_budget", retry_budget, 0.0)
+        for nm, v in (("timeout", self.timeout), ("retry_budget", self.retry_budget)):
+            if v == 0:
                 raise QuasirlValueError(f"{nm} must be > 0, got {v!r}")
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        self.timeout, self.retry_budget = float(timeout), float(retry_budget)
-        self.connect_retries = connect_retries
         self._reached = False  # has the server ever answered (any HTTP status)?
         self.sampling = {"top_k": 0, "min_p": 0.0, "top_p": 1.0} if sampling is None \
             else dict(sampling)

@@ -93,6 +93,23 @@ def cluster_weights(groups, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndar
     return counts[:, gidx].astype(np.float64), gidx
 
 
+def icc(groups, y) -> float:
+    """One-way ANOVA intraclass correlation of y within groups (clipped to [0, 1]): how alike
+    the samples of one query are. A round of Q queries x N samples then carries the information
+    of Q N / (1 + (N - 1) icc) independent samples (the design effect)."""
+    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    y = np.asarray(y, dtype=np.float64)
+    n_g = np.bincount(g)
+    if n_g.size < 2 or np.all(n_g < 2):
+        return 0.0
+    means = np.bincount(g, y) / n_g
+    m = float(np.mean(n_g))
+    msb = np.sum(n_g * (means - y.mean()) ** 2) / (n_g.size - 1)
+    msw = np.sum((y - means[g]) ** 2) / max(y.size - n_g.size, 1)
+    den = msb + (m - 1) * msw
+    return float(np.clip((msb - msw) / den, 0.0, 1.0)) if den > 0 else 0.0
+
+
 def ratio(num_mask, den_mask, weights=None):
     """sum(w * num) / sum(w * den) for boolean masks (num within den); scalar or [B]."""
     num = np.asarray(num_mask, dtype=np.float64)

@@ -17,7 +17,14 @@ import numpy as np
 from .._validate import QuasirlValueError
 from ._fitness import SCALES
 from ._tasks import Task, normalize
-from ._types import Sample, Score, check_generate_args, check_score_args, sample_seed
+from ._types import (
+    Sample,
+    Score,
+    check_generate_args,
+    check_score_args,
+    is_real_number,
+    sample_seed,
+)
 
 _ND = NormalDist()
 
@@ -55,7 +62,7 @@ class SyntheticLM:
         if not isinstance(task, Task):
             raise QuasirlValueError(f"task must be a Task, got {type(task).__name__}")
         for nm, v in (("eps0", eps0), ("tpr", tpr), ("fpr", fpr), ("lam", lam)):
-            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+            if not (is_real_number(v) and 0.0 <= v <= 1.0):
                 raise QuasirlValueError(f"{nm} must be a number in [0, 1], got {v!r}")
         self.task, self.eps0, self.tpr, self.fpr, self.lam = task, eps0, tpr, fpr, lam
         self.seed, self.delay, self.name = int(seed), float(delay), name

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._validate import QuasirlValueError
+from .._validate import QuasirlValueError, check_int
 
 _CUTS = re.compile(r"[,;(]| or ")
 _NUMBER = re.compile(r"-?\d+")
@@ -307,13 +307,11 @@ def capitals() -> Task:
 
 def arithmetic(digits: int = 2, n: int = 200, op: str = "+", seed: int = 0) -> Task:
     """Arithmetic with ``digits``-digit operands: "What is 37 + 58?" (op one of + - *)."""
-    if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= 9:
-        raise QuasirlValueError(f"digits must be an integer in [1, 9], got {digits!r}")
+    digits = check_int("digits", digits, 1, 9)
     if op not in ("+", "-", "*"):
         raise QuasirlValueError(f"op must be one of '+', '-', '*', got {op!r}")
     lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits
-    if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= (hi - lo) ** 2:
-        raise QuasirlValueError(f"n must be an integer in [2, {(hi - lo) ** 2}], got {n!r}")
+    n = check_int("n", n, 2, (hi - lo) ** 2)
     rng = np.random.default_rng([int(seed), digits])
     seen, items = set(), []
     while len(items) < n:

@@ -9,13 +9,14 @@ validation experiments) talks only to this protocol.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .._validate import QuasirlValueError
+from .._validate import QuasirlValueError, check_int
 
 
 class LMError(RuntimeError):
@@ -33,13 +34,20 @@ class LMValueError(LMError, ValueError):
 LOGPROB_TOL = 1e-4
 
 
+def is_real_number(value) -> bool:
+    """True for a real number (Python or numpy int or float), False for a bool or anything
+    else: the one test of "a number" in ``quasirl.lm`` (integers: ``check_int``)."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real | np.integer
+                                                      | np.floating)
+
+
 def check_logprob(value, where: str, *, allow_neg_inf: bool = False) -> float:
     """``value`` as a float if it can be a log-probability, else :class:`LMValueError`.
 
     It must be a real number, not NaN, not +inf and <= LOGPROB_TOL; -inf (probability 0) only
     with ``allow_neg_inf`` (a score may be impossible; a sampled token never is).
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if not is_real_number(value):
         raise LMValueError(f"{where}: log-probability must be a number, got {value!r}")
     x = float(value)
     if math.isnan(x) or x == math.inf or (x == -math.inf and not allow_neg_inf):
@@ -72,8 +80,7 @@ def check_sample(sample: Sample, where: str) -> Sample:
 
 def check_number(name: str, value, minimum: float | None = None) -> float:
     """A finite real argument (optionally >= ``minimum``), else QuasirlValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
-            or not math.isfinite(value):
+    if not is_real_number(value) or not math.isfinite(value):
         raise QuasirlValueError(f"{name} must be a finite number, got {value!r}")
     if minimum is not None and value < minimum:
         raise QuasirlValueError(f"{name} must be >= {minimum:g}, got {value!r}")
@@ -139,11 +146,8 @@ def sample_seed(seed: int, *path: int) -> int:
 def check_generate_args(prompts, n, temperature, max_tokens, stop, seed) -> tuple[list[str], ...]:
     """Validate the arguments of ``generate`` (shared by all backends)."""
     prompts = check_prompts("prompts", prompts)
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise QuasirlValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int | np.integer) \
-            or max_tokens < 1:
-        raise QuasirlValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    n = check_int("n", n, 1)
+    max_tokens = check_int("max_tokens", max_tokens, 1)
     t = float(temperature)
     if not math.isfinite(t) or t < 0:
         raise QuasirlValueError(f"temperature must be finite and >= 0, got {temperature!r}")
@@ -153,9 +157,7 @@ def check_generate_args(prompts, n, temperature, max_tokens, stop, seed) -> tupl
     for i, s in enumerate(stop):
         if not isinstance(s, str) or not s:
             raise QuasirlValueError(f"stop[{i}] must be a non-empty string, got {s!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise QuasirlValueError(f"seed must be an integer, got {seed!r}")
-    return prompts, int(n), t, int(max_tokens), stop, int(seed)
+    return prompts, n, t, max_tokens, stop, check_int("seed", seed)
 
 
 def check_prompts(name: str, prompts) -> list[str]:
