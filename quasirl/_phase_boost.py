@@ -11,18 +11,16 @@ largest deviation, and the convexity verdict of the amplifying region
   rounds the boundary of {error / eps0 <= 1} is exactly the diagonal FPR = TPR.
 * imitation (log(TPR/FPR), lam): limiting error / eps0 <= target right of
   L(lam) = logit(target eps0) - logit(eps0 (1 - (1 - target) / lam)).
-* intrinsic (log(TPR/FPR), mu): limiting error <= target below
-  mu(L) = (target - (1 - nu) w) / (1 - w), w = target e^-L / (target e^-L + 1 - target); the
-  right type dies beyond the error threshold mu_c = 1 - e^-L (nu = 0).
+* intrinsic (log(TPR/FPR), mu): limiting error <= t below mu(L) = (t - (1 - nu) w) / (1 - w),
+  w = t e^-L / (t e^-L + 1 - t), t = the plane's level (``target`` unless given); the right
+  type dies beyond the error threshold mu_c = 1 - e^-L (nu = 0).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._validate import QuasirlValueError
-
-__all__ = ["boost_phase_diagrams"]
+from ._validate import QuasirlValueError, check_int
 
 
 def _verdict(ds, field: str, level: float) -> None:
@@ -32,7 +30,7 @@ def _verdict(ds, field: str, level: float) -> None:
     ds.attrs.update(
         field=field, level=float(level), convex=int(v.convex), convex_depth=float(v.depth),
         convex_witness="" if v.witness is None else repr(v.witness),
-        region_points=int(v.inside),
+        hull_deficit=float(v.hull_deficit), region_points=int(v.inside),
     )
 
 
@@ -46,34 +44,40 @@ def _deviation(ds, numeric: str, theory: str) -> float:
 
 
 def boost_phase_diagrams(eps0: float = 0.3, rounds: int = 5, target: float = 0.5,
-                         n: int = 61, nu: float = 0.0, eps0_intrinsic: float = 0.5) -> dict:
+                         n: int = 61, nu: float = 0.0, eps0_intrinsic: float = 0.5,
+                         level_intrinsic: float | None = None) -> dict:
     """The three boosting planes with numeric boundaries, theory curves and convexity verdicts.
 
     eps0: starting error of the loop; rounds: rounds for the (TPR, FPR) plane; target: the
-    level that defines "amplifies" (error / eps0 <= target; error <= target in the intrinsic
-    plane); n: grid points per axis; nu: back-mutation rate of the intrinsic plane.
+    level that defines "amplifies" (error / eps0 <= target); n: grid points per axis; nu:
+    back-mutation rate of the intrinsic plane, eps0_intrinsic its starting error and
+    level_intrinsic its level (error <= level_intrinsic; default ``target``). ``quasirl phase``
+    and ``quasirl boost`` both draw and report these planes.
 
     Returns {"rates", "imitation", "intrinsic"} -> ``xarray.Dataset`` (the selection module's
     Dataset plus ``<axis>_boundary`` (numeric), ``<axis>_theory`` (closed form) over the other
-    axis, and attrs ``max_abs_dev`` (in units of the boundary's axis), ``convex`` (0/1),
-    ``convex_depth``, ``convex_witness``). The rates plane also holds ``ratio_limit`` (many
-    rounds) with ``fpr_boundary_limit``; ideal-learner theory says it equals ``tpr`` exactly,
-    and ``exact_dev_limit`` records the largest deviation.
+    axis, and attrs ``max_abs_dev`` (in units of the boundary's axis), ``boundary_points``
+    (where both are finite), ``convex`` (0/1), ``convex_depth``, ``convex_witness``,
+    ``hull_deficit``, ``region_points``, ``level``). The rates plane also holds ``ratio_limit``
+    (many rounds) with ``fpr_boundary_limit``; ideal-learner theory says it equals ``tpr``
+    exactly (the diagonal, level 1): ``exact_dev_limit`` records the largest deviation and
+    ``convex_limit`` (0/1) the convexity verdict of {ratio_limit <= 1}.
     """
     from . import selection
     from ._phase_geometry import boundary_curve
 
     if not 0 < target < 1:
         raise QuasirlValueError(f"target must lie in (0, 1), got {target!r}")
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 5:
-        raise QuasirlValueError(f"n must be an integer >= 5, got {n!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int | np.integer) or rounds < 1:
-        raise QuasirlValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    n = check_int("n", n, minimum=5)
+    rounds = check_int("rounds", rounds, minimum=1)
+    level_i = target if level_intrinsic is None else level_intrinsic
+    if not 0 < level_i < 1:
+        raise QuasirlValueError(f"level_intrinsic must lie in (0, 1), got {level_intrinsic!r}")
 
     # (TPR, FPR): the same grid on both axes, so the diagonal passes through grid points.
     g = np.linspace(1.0 / n, 1.0, n)
-    rates = selection.phase_diagram_rates(g, g, eps0, rounds=int(rounds))
-    c = selection.rates_boundary(eps0, target, rounds=int(rounds))
+    rates = selection.phase_diagram_rates(g, g, eps0, rounds=rounds)
+    c = selection.rates_boundary(eps0, target, rounds=rounds)
     rates["fpr_boundary"] = boundary_curve(rates["ratio"], target, along="tpr", across="fpr")
     theory = c * g
     rates["fpr_theory"] = ("tpr", np.where((theory >= g[0]) & (theory <= g[-1]), theory, np.nan))
@@ -84,7 +88,8 @@ def boost_phase_diagrams(eps0: float = 0.3, rounds: int = 5, target: float = 0.5
     rates["fpr_boundary_limit"] = boundary_curve(limit["ratio"], 1.0, along="tpr", across="fpr")
     rates.attrs["exact_dev_limit"] = float(np.nanmax(np.abs(
         rates["fpr_boundary_limit"].values - g)))
-    rates.attrs["rounds"] = int(rounds)
+    rates.attrs["convex_limit"] = int(selection.is_convex(limit["ratio"], 1.0).convex)
+    rates.attrs["rounds"] = rounds
     _verdict(rates, "ratio", target)
 
     # (selection, lam)
@@ -104,14 +109,13 @@ def boost_phase_diagrams(eps0: float = 0.3, rounds: int = 5, target: float = 0.5
     Li = np.linspace(-1.0, 4.0, n)
     mu = np.linspace(0.0, 0.98, n)
     intr = selection.phase_diagram_intrinsic(Li, mu, nu=nu, eps0=eps0_intrinsic)
-    intr["mu_boundary"] = boundary_curve(intr["error"], target, along="selection", across="mu")
-    th = np.asarray(selection.intrinsic_boundary(Li, target, nu))
+    intr["mu_boundary"] = boundary_curve(intr["error"], level_i, along="selection", across="mu")
+    th = np.asarray(selection.intrinsic_boundary(Li, level_i, nu))
     intr["mu_theory"] = ("selection", np.where((Li >= 0) & (th >= mu[0]) & (th <= mu[-1]), th,
                                                np.nan))
     intr["mu_threshold"] = ("selection", np.where(Li > 0, selection.error_threshold(Li), np.nan))
     intr.attrs["max_abs_dev"] = _deviation(intr, "mu_boundary", "mu_theory")
-    intr.attrs["target"] = float(target)
-    _verdict(intr, "error", target)
+    _verdict(intr, "error", level_i)
     for ds in (rates, imit, intr):
         ds.attrs["target"] = float(target)
         ds.attrs["eps0"] = float(ds.attrs.get("eps0", eps0))

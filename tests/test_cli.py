@@ -132,3 +132,59 @@ def test_every_subcommand_runs_small_and_fails_in_one_line(tmp_path, capsys):
         assert main([*cmd.split(), *bad, "--out", str(tmp_path / "bad")]) == 2, cmd
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, f"{cmd}: {err!r}"
+
+
+def _boundary_points(ds, bname):
+    """The numeric boundary of a boost_phase_diagrams plane as points in its field's dims."""
+    b = ds[bname]
+    along = b.dims[0]
+    ok = np.isfinite(b.values)
+    cols = {along: ds[along].values[ok], bname.removesuffix("_boundary"): b.values[ok]}
+    return np.column_stack([cols[d] for d in ds[ds.attrs["field"]].dims])
+
+
+def test_boost_cli_phase_numbers_are_boost_phase_diagrams(tmp_path):
+    """`quasirl boost` draws and reports the planes of quasirl.phase.boost_phase_diagrams, the
+    function behind `quasirl phase --diagram boost`: the same Datasets, boundaries, closed-form
+    deviations and convexity verdicts, so the two commands cannot drift apart."""
+    import xarray as xr
+
+    from quasirl import phase
+    from quasirl.cli.boost import PLANES
+
+    eps0, target, rounds, grid = 0.2, 0.4, 4, 17
+    assert main(["boost", "--eps0", str(eps0), "--target", str(target), "--rounds", str(rounds),
+                 "--grid", str(grid), "--batch", "32", "--buffer", "8", "--seeds", "2",
+                 "--out", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "summary.json").read_text())
+    planes = phase.boost_phase_diagrams(eps0=eps0, rounds=rounds, target=target, n=grid,
+                                        eps0_intrinsic=eps0, level_intrinsic=target * eps0)
+    assert set(s["phase_diagrams"]) == set(planes) == set(PLANES)
+    for name, ds in planes.items():
+        with xr.open_dataset(tmp_path / f"phase_{name}.nc") as written:
+            xr.testing.assert_identical(written.load(), ds)
+        rep = s["phase_diagrams"][name]
+        field, bname, _ = PLANES[name]
+        assert rep["variable"] == ds.attrs["field"] == field
+        assert rep["level"] == ds.attrs["level"]
+        assert rep["max_deviation_from_closed_form"] == ds.attrs["max_abs_dev"]
+        assert rep["boundary_points_compared"] == ds.attrs["boundary_points"]
+        assert rep["convex"] == bool(ds.attrs["convex"])
+        assert rep["convexity_depth"] == ds.attrs["convex_depth"]
+        assert rep["hull_deficit"] == ds.attrs["hull_deficit"]
+        assert rep["grid_points_inside"] == ds.attrs["region_points"]
+        pts = np.concatenate([np.asarray(line) for line in rep["boundary"]])
+        np.testing.assert_array_equal(pts, _boundary_points(ds, bname))
+        assert rep["boundary_points"] == len(pts) > 5
+    rates = s["phase_diagrams"]["rates"]
+    assert rates["slope_theory"] == planes["rates"].attrs["slope_theory"]
+    assert rates["diagonal_level_1_max_deviation"] == planes["rates"].attrs["exact_dev_limit"]
+    assert rates["diagonal_region_convex"] == bool(planes["rates"].attrs["convex_limit"])
+    assert s["phase_diagrams"]["intrinsic"]["level"] == target * eps0
+    # and `quasirl phase --diagram boost` reports the same function's numbers
+    assert main(["phase", "--quick", "--diagram", "boost", "--out", str(tmp_path / "p")]) == 0
+    rows = json.loads((tmp_path / "p" / "summary.json").read_text())["diagrams"]
+    for row, (name, ds) in zip(rows, phase.boost_phase_diagrams(n=21).items(), strict=True):
+        assert row["diagram"] == f"boost/{name}"
+        assert row["deviation"] == ds.attrs["max_abs_dev"]
+        assert row["convex"] == bool(ds.attrs["convex"])

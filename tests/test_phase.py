@@ -184,7 +184,7 @@ def test_sweep_bad_arguments():
         (dict(x=np.ones((2, 2))), "axis 'x' must be 1-D"),
         (dict(x=[0.0, np.nan]), r"axis 'x' must be finite, but x\[1\] = nan"),
         (dict(x=[1.0], backend="gpu"), "backend must be one of"),
-        (dict(x=[1.0], chunk_size=0), "chunk_size must be an integer >= 1"),
+        (dict(x=[1.0], chunk_size=0), "chunk_size must be >= 1"),
         (dict(x=[1.0], backend="loop", scheduler="tcp://127.0.0.1:1"), "only used by backend"),
         (dict(x=[1.0], backend="dask", scheduler="localhost:8786"), "scheduler must be None"),
         (dict(x=["a"], backend="vmap"), "needs numeric axes"),
@@ -401,15 +401,29 @@ def test_boost_phase_diagrams_match_closed_forms():
     assert [planes[k].attrs["convex"] for k in ("rates", "imitation", "intrinsic")] == [1, 1, 1]
     # ... and the complement of the last one (an epigraph of a concave curve) is not
     assert not phase.is_convex(intr["error"], 0.5, side="above").convex
+    assert rates.attrs["convex_limit"] == 1 and rates.attrs["hull_deficit"] == 0.0
+    # the intrinsic plane at another level (quasirl boost: target * eps0) and start
+    other = phase.boost_phase_diagrams(eps0=0.3, rounds=4, target=0.5, n=n, eps0_intrinsic=0.3,
+                                       level_intrinsic=0.15)["intrinsic"]
+    assert other.attrs["level"] == 0.15 and other.attrs["eps0"] == 0.3
+    assert other.attrs["boundary_points"] >= n // 2 and other.attrs["max_abs_dev"] < 1e-12
+    np.testing.assert_allclose(other["mu_theory"].sel(selection=other.selection[-1]),
+                               0.15 * (1 - np.exp(-4.0)), rtol=1e-12)
 
 
 def test_boost_phase_bad_arguments():
     with pytest.raises(QuasirlValueError, match=r"target must lie in \(0, 1\)"):
         phase.boost_phase_diagrams(target=1.0)
-    with pytest.raises(QuasirlValueError, match="n must be an integer >= 5"):
+    with pytest.raises(QuasirlValueError, match="n must be >= 5, got 3"):
         phase.boost_phase_diagrams(n=3)
-    with pytest.raises(QuasirlValueError, match="rounds must be an integer >= 1"):
+    with pytest.raises(QuasirlValueError, match="n must be an integer, got 5.0"):
+        phase.boost_phase_diagrams(n=5.0)
+    with pytest.raises(QuasirlValueError, match="rounds must be >= 1, got 0"):
         phase.boost_phase_diagrams(rounds=0)
+    with pytest.raises(QuasirlValueError, match="rounds must be an integer, got True"):
+        phase.boost_phase_diagrams(rounds=True)
+    with pytest.raises(QuasirlValueError, match=r"level_intrinsic must lie in \(0, 1\)"):
+        phase.boost_phase_diagrams(level_intrinsic=0.0)
 
 
 # --------------------------------------------------------------------------------------------

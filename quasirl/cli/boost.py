@@ -21,33 +21,78 @@ def _bcheck(cond: bool, msg: str) -> None:
         raise QuasirlValueError(msg)
 
 
-def _netcdf_engine() -> str:
-    """h5netcdf when h5py is installed (netCDF-4), else scipy (netCDF-3)."""
-    import importlib.util
+# The planes of quasirl.phase.boost_phase_diagrams: (field, numeric boundary, closed form).
+PLANES = {"rates": ("ratio", "fpr_boundary", "fpr_theory"),
+          "imitation": ("ratio", "selection_boundary", "selection_theory"),
+          "intrinsic": ("error", "mu_boundary", "mu_theory")}
 
-    return "h5netcdf" if importlib.util.find_spec("h5py") is not None else "scipy"
+
+def _num(x):
+    """A float for JSON, None where it is NaN (no boundary point to compare)."""
+    return float(x) if np.isfinite(x) else None
 
 
-def _plane_report(da, level, side, analytic_err, what):
-    from quasirl import selection as sel
+def _curve(ds, name):
+    """(x, y) of a curve of the Dataset over its dimension, in the field's (dims[0], dims[1])
+    order, as drawn on the plane."""
+    field = ds[ds.attrs["field"]]
+    along = ds[name].dims[0]
+    t, v = ds[along].values, ds[name].values
+    return (t, v) if field.dims[0] == along else (v, t)
 
-    lines = sel.boundary(da, level)
-    cv = sel.is_convex(da, level, side=side)
-    return lines, {
-        "variable": da.name,
-        "region": f"{da.name} {'<=' if side == 'below' else '>='} {level:g}",
-        "level": float(level),
+
+def _polylines(ds, name):
+    """The numeric boundary as polylines [m, 2] (columns in the field's dims order): one per
+    run of consecutive grid lines on which the field crosses the level."""
+    x, y = _curve(ds, name)
+    ok = np.isfinite(x) & np.isfinite(y)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(int), [0]])))
+    return [np.column_stack([x[i:j], y[i:j]]) for i, j in zip(edges[::2], edges[1::2],
+                                                               strict=True)]
+
+
+def plane_report(ds, name: str, closed_form: str) -> tuple[list, dict]:
+    """The JSON report of one plane of :func:`quasirl.phase.boost_phase_diagrams`: its numeric
+    boundary, largest deviation from the closed form and convexity verdict, read from the
+    Dataset (nothing is recomputed here)."""
+    field, bname, _ = PLANES[name]
+    lines = _polylines(ds, bname)
+    level = float(ds.attrs["level"])
+    rep = {
+        "variable": field,
+        "region": f"{field} <= {level:g}",
+        "level": level,
         "boundary_polylines": len(lines),
         "boundary_points": int(sum(len(s) for s in lines)),
         "boundary": [s.tolist() for s in lines],
-        "max_deviation_from_closed_form": analytic_err,
-        "closed_form": what,
-        "convex": bool(cv.convex),
-        "convexity_depth": cv.depth,
-        "convexity_witness": cv.witness,
-        "hull_deficit": float(cv.hull_deficit),
-        "grid_points_inside": cv.inside,
+        "boundary_points_compared": int(ds.attrs["boundary_points"]),
+        "boundary_mismatch_points": int(ds.attrs["boundary_mismatch_points"]),
+        "max_deviation_from_closed_form": _num(ds.attrs["max_abs_dev"]),
+        "closed_form": closed_form,
+        "convex": bool(ds.attrs["convex"]),
+        "convexity_depth": float(ds.attrs["convex_depth"]),
+        "convexity_witness": ds.attrs["convex_witness"] or None,
+        "hull_deficit": float(ds.attrs["hull_deficit"]),
+        "grid_points_inside": int(ds.attrs["region_points"]),
     }
+    if name == "rates":
+        rep["slope_theory"] = float(ds.attrs["slope_theory"])
+        rep["diagonal_level_1_max_deviation"] = _num(ds.attrs["exact_dev_limit"])
+        rep["diagonal_region_convex"] = bool(ds.attrs["convex_limit"])
+    return lines, rep
+
+
+def boost_planes(eps0: float, rounds: int, target: float, grid: int) -> dict:
+    """The CLI's three planes: :func:`quasirl.phase.boost_phase_diagrams` in float64, with the
+    intrinsic plane started at eps0 and its amplifying region error <= target eps0 (the same
+    amplification as in the other planes, in absolute terms)."""
+    import jax
+
+    from quasirl import phase
+
+    with jax.enable_x64(True):  # scoped float64, as in `quasirl phase`
+        return phase.boost_phase_diagrams(eps0=eps0, rounds=rounds, target=target, n=grid,
+                                          eps0_intrinsic=eps0, level_intrinsic=target * eps0)
 
 
 def run_boost(out: Path, eps0: float = 0.3, tpr: float = 0.8, fpr: float = 0.4,
@@ -63,7 +108,9 @@ def run_boost(out: Path, eps0: float = 0.3, tpr: float = 0.8, fpr: float = 0.4,
 
     from quasirl import plots
     from quasirl import selection as sel
-    from quasirl._selection_boost import _check_count, _check_unit
+    from quasirl._phase_sweep import netcdf_engine
+    from quasirl._selection_boost import _check_unit
+    from quasirl._validate import check_int
 
     t0 = time.perf_counter()
     for name, v in (("eps0", eps0), ("tpr", tpr), ("fpr", fpr), ("lam", lam), ("mu", mu)):
@@ -71,9 +118,9 @@ def run_boost(out: Path, eps0: float = 0.3, tpr: float = 0.8, fpr: float = 0.4,
     _bcheck(0 < eps0 < 1, f"eps0 must lie in (0, 1), got {eps0}")
     _bcheck(tpr > 0, f"tpr must be > 0, got {tpr}")
     _bcheck(0 < target < 1, f"target must lie in (0, 1), got {target}")
-    rounds = _check_count("rounds", rounds, 1)
-    batch, buffer = _check_count("batch", batch, 1), _check_count("buffer", buffer, 1)
-    seeds, grid = _check_count("seeds", seeds, 2), _check_count("grid", grid, 5)
+    rounds = check_int("rounds", rounds, minimum=1)
+    batch, buffer = check_int("batch", batch, minimum=1), check_int("buffer", buffer, minimum=1)
+    seeds, grid = check_int("seeds", seeds, minimum=2), check_int("grid", grid, minimum=5)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -109,71 +156,43 @@ def run_boost(out: Path, eps0: float = 0.3, tpr: float = 0.8, fpr: float = 0.4,
               f"Monte Carlo: batch {batch}, buffer {buffer}, {seeds} seeds")
     plots.savefig(fig, out / "trajectories.png")
 
-    # ---- phase diagrams ----------------------------------------------------------------------
+    # ---- phase diagrams: quasirl.phase.boost_phase_diagrams, as `quasirl phase` --------------
     planes = {}
-    g_t = np.linspace(0.0, 1.0, grid)[1:]
-    g_f = np.linspace(0.0, 1.0, grid)
-    ds_r = sel.phase_diagram_rates(g_t, g_f, eps0, rounds=rounds)
-    c = sel.rates_boundary(eps0, target, rounds=rounds)
-    lines, rep = _plane_report(ds_r["ratio"], target, "below", None,
-                               f"FPR = {c:.6g} TPR (ideal learner, {rounds} rounds)")
-    rep["max_deviation_from_closed_form"] = max(
-        (float(np.abs(s[:, 1] - c * s[:, 0]).max()) for s in lines), default=None)
-    diag_lines = sel.boundary(ds_r["ratio"], 1.0)
-    rep["diagonal_level_1_max_deviation"] = max(
-        (float(np.abs(s[:, 1] - s[:, 0]).max()) for s in diag_lines), default=None)
-    rep["diagonal_region_convex"] = bool(sel.is_convex(ds_r["ratio"], 1.0).convex)
-    planes["rates"] = rep
-    xs = np.array([0.0, min(1.0, 1.0 / c) if c > 0 else 1.0])
+    diagrams = boost_planes(eps0, rounds, target, grid)
+    rates, imit, intr = diagrams["rates"], diagrams["imitation"], diagrams["intrinsic"]
+    c = float(rates.attrs["slope_theory"])
+    lines, planes["rates"] = plane_report(
+        rates, "rates", f"FPR = {c:.6g} TPR (ideal learner, {rounds} rounds)")
     fig = plots.plot_selection_phase(
-        ds_r["ratio"], target, lines, analytic=(xs, c * xs),
+        rates["ratio"], target, lines, analytic=_curve(rates, "fpr_theory"),
         analytic_label=f"closed form FPR = {c:.3g} TPR",
-        extra=(np.array([0, 1.0]), np.array([0, 1.0])), extra_label="FPR = TPR (ratio 1)",
+        extra=_curve(rates, "fpr_boundary_limit"), extra_label="FPR = TPR (ratio 1, n -> inf)",
         title=f"Ideal learner after {rounds} rounds", xlabel="TPR", ylabel="FPR",
         cbar_label=r"$\varepsilon_n/\varepsilon_0$", vmax=2.0,
-        verdict=f"region ratio <= {target:g}: convex = {rep['convex']}")
+        verdict=f"region ratio <= {target:g}: convex = {planes['rates']['convex']}")
     plots.savefig(fig, out / "phase_rates.png")
-    ds_r.to_netcdf(out / "phase_rates.nc", engine=_netcdf_engine())
 
-    L = np.linspace(-1.0, 6.0, grid)
-    lam_ax = np.linspace(0.02, 1.0, grid)
-    ds_i = sel.phase_diagram_imitation(L, lam_ax, eps0)
-    lines, rep = _plane_report(ds_i["ratio"], target, "below", None,
-                               "L = logit(k eps0) - logit(eps0 (1 - (1 - k)/lam))")
-    interior = [s[(s[:, 1] < 0.95) & (s[:, 0] < L[-2])] for s in lines]
-    rep["max_deviation_from_closed_form"] = max(
-        (float(np.abs(s[:, 0] - sel.imitation_boundary(s[:, 1], eps0, target)).max())
-         for s in interior if len(s)), default=None)
-    planes["imitation"] = rep
-    lam_fine = np.linspace(1 - target + 1e-4, 1.0, 400)
-    Lb = sel.imitation_boundary(lam_fine, eps0, target)
-    keep = Lb <= L[-1]
+    lines, planes["imitation"] = plane_report(
+        imit, "imitation", "L = logit(k eps0) - logit(eps0 (1 - (1 - k)/lam)), k = target")
     fig = plots.plot_selection_phase(
-        ds_i["ratio"], target, lines, analytic=(Lb[keep], lam_fine[keep]),
+        imit["ratio"], target, lines, analytic=_curve(imit, "selection_theory"),
         title=f"Partial imitation, eps0 = {eps0:g} (limit)", xlabel=r"selection $\log(TPR/FPR)$",
         ylabel=r"imitation slope $\lambda$", cbar_label=r"$\varepsilon_\infty/\varepsilon_0$",
-        vmax=2.0, verdict=f"region ratio <= {target:g}: convex = {rep['convex']}")
+        vmax=2.0, verdict=f"region ratio <= {target:g}: convex = {planes['imitation']['convex']}")
     plots.savefig(fig, out / "phase_imitation.png")
-    ds_i.to_netcdf(out / "phase_imitation.nc", engine=_netcdf_engine())
 
-    Ls = np.linspace(0.02, 5.0, grid)
-    mu_ax = np.linspace(0.0, 0.98, grid)
-    ds_m = sel.phase_diagram_intrinsic(Ls, mu_ax, eps0=eps0)
-    level_m = target * eps0  # the same amplification as in the other planes, in absolute terms
-    lines, rep = _plane_report(ds_m["error"], level_m, "below", None,
-                               "mu = k (1 - FPR/TPR)")
-    rep["max_deviation_from_closed_form"] = max(
-        (float(np.abs(s[:, 1] - sel.intrinsic_boundary(s[:, 0], level_m)).max())
-         for s in lines), default=None)
-    planes["intrinsic"] = rep
+    level_m = float(intr.attrs["level"])  # target eps0
+    lines, planes["intrinsic"] = plane_report(intr, "intrinsic",
+                                              f"mu = k (1 - FPR/TPR), k = {level_m:g}")
     fig = plots.plot_selection_phase(
-        ds_m["error"], level_m, lines, analytic=(Ls, sel.intrinsic_boundary(Ls, level_m)),
-        extra=(Ls, sel.error_threshold(Ls)), extra_label="error threshold mu = 1 - FPR/TPR",
+        intr["error"], level_m, lines, analytic=_curve(intr, "mu_theory"),
+        extra=_curve(intr, "mu_threshold"), extra_label="error threshold mu = 1 - FPR/TPR",
         title="Intrinsic error (two-type quasispecies)", xlabel=r"selection $\log(TPR/FPR)$",
         ylabel=r"mutation rate $\mu$", cbar_label=r"$\varepsilon_\infty$", vmax=1.0,
-        verdict=f"region error <= {level_m:g}: convex = {rep['convex']}")
+        verdict=f"region error <= {level_m:g}: convex = {planes['intrinsic']['convex']}")
     plots.savefig(fig, out / "phase_intrinsic.png")
-    ds_m.to_netcdf(out / "phase_intrinsic.nc", engine=_netcdf_engine())
+    for name, d in diagrams.items():
+        d.to_netcdf(out / f"phase_{name}.nc", engine=netcdf_engine())
 
     # ---- best-of-N and Luce curation ----------------------------------------------------------
     rng = np.random.default_rng(seed)
@@ -241,8 +260,9 @@ def register(app: typer.Typer) -> None:
 
         Writes trajectories.png (recurrence vs Monte Carlo 95% bands for the ideal learner,
         partial imitation and intrinsic error), phase_rates.png, phase_imitation.png and
-        phase_intrinsic.png (diagrams with numerical and closed-form boundaries and a
-        convexity verdict), best_of_n.png, luce_curation.png, phase_*.nc and summary.json.
+        phase_intrinsic.png (the planes of `quasirl phase --diagram boost`, with numerical and
+        closed-form boundaries and a convexity verdict), best_of_n.png, luce_curation.png,
+        phase_*.nc and summary.json.
         """
         from rich.console import Console
         from rich.table import Table

@@ -113,17 +113,14 @@ def run_converge(out: Path, world: str = "gridworld", horizon: int | None = None
     """
     import quasirl as qr
     from quasirl import plots
-    from quasirl._validate import QuasirlValueError, check_horizon
+    from quasirl._validate import QuasirlValueError, check_horizon, check_int
 
     if world not in WORLDS:
         raise QuasirlValueError(f"--mdp must be one of {', '.join(WORLDS)}, got {world!r}")
     H = DEFAULT_HORIZON[world] if horizon is None else check_horizon(horizon)
-    if not 1 <= H <= MAX_HORIZON:
-        raise QuasirlValueError(f"horizon must be between 1 and {MAX_HORIZON:,}, got {H:,}")
-    if isinstance(n_temps, bool) or not isinstance(n_temps, int | np.integer) or n_temps < 1:
-        raise QuasirlValueError(f"--temps must be an integer >= 1, got {n_temps!r}")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int | np.integer)):
-        raise QuasirlValueError(f"--size must be an integer, got {size!r}")
+    H = check_int("horizon", H, minimum=1, maximum=MAX_HORIZON)
+    n_temps = check_int("--temps", n_temps, minimum=1)
+    size = None if size is None else check_int("--size", size)
     if not 0 < t_min < t_max:
         raise QuasirlValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
     if size is None or size >= 1:  # (smaller sizes: the constructors say what is wrong)

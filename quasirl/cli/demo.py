@@ -21,11 +21,11 @@ def run_demo(out: Path, horizon: int = 20, n_temps: int = 36, t_max: float = 10.
 
     Returns the numbers written to ``summary.json``.
     """
-    from quasirl._validate import QuasirlValueError, check_horizon, check_memory
+    from quasirl._validate import QuasirlValueError, check_horizon, check_int, check_memory
 
-    check_horizon(horizon)
-    if horizon < 1:
-        raise QuasirlValueError(f"horizon must be >= 1 for the demo, got {horizon}")
+    check_horizon(horizon)  # the message every command gives for a negative horizon
+    horizon = check_int("horizon", horizon, minimum=1)  # the demo needs at least one step
+    n_temps = check_int("temps", n_temps, minimum=1)
     if not 0 < t_min < t_max:
         raise QuasirlValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
     # the largest tables: the soft policy [3, H, S, A] with its backward values (float64),

@@ -17,15 +17,15 @@ EXAMPLE = (
 
 
 def _ints(text: str, name: str, lo: int, hi: int) -> list[int]:
-    from quasirl._validate import QuasirlValueError
+    from quasirl._validate import QuasirlValueError, check_int
 
     try:
         vals = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError as exc:
         raise QuasirlValueError(f"{name} must be comma-separated integers, got {text!r}") from exc
-    if not vals or any(not lo <= v <= hi for v in vals):
-        raise QuasirlValueError(f"{name} must be integers in [{lo}, {hi}], got {text!r}")
-    return vals
+    if not vals:
+        raise QuasirlValueError(f"{name} must be comma-separated integers, got {text!r}")
+    return [check_int(name, v, minimum=lo, maximum=hi) for v in vals]
 
 
 def run_eigen(out: Path, Ls=(10, 20, 50, 100), sigma: float = 10.0, points: int = 60,
@@ -43,17 +43,16 @@ def run_eigen(out: Path, Ls=(10, 20, 50, 100), sigma: float = 10.0, points: int 
 
     from quasirl import plots
     from quasirl import sequence as S
-    from quasirl._validate import QuasirlValueError
+    from quasirl._validate import QuasirlValueError, check_int
 
     t0 = time.perf_counter()
     if not (math.isfinite(sigma) and sigma > 1):
         raise QuasirlValueError(f"sigma must be a finite number > 1, got {sigma!r}")
-    if not points >= 8:
-        raise QuasirlValueError(f"points must be >= 8, got {points}")
+    points = check_int("points", points, minimum=8)
     if not 0 < wf_mu_ratio:
         raise QuasirlValueError(f"wf-mu-ratio must be > 0, got {wf_mu_ratio}")
-    if generations < 1 or replicates < 1:
-        raise QuasirlValueError("generations and replicates must be >= 1")
+    generations = check_int("generations", generations, minimum=1)
+    replicates = check_int("replicates", replicates, minimum=1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -165,11 +164,13 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from quasirl._validate import check_int
+
         Ls = _ints(L, "L", 2, 5000)
         Ns = _ints(wf_N, "wf-N", 1, 10**7)
         for name, v, hi in (("full-L", full_L, 24), ("class-L", class_L, 5000),
                             ("wf-L", wf_L, 20)):
-            _ints(str(v), name, 2, hi)
+            check_int(name, v, minimum=2, maximum=hi)
         if quick:
             Ls, points, full_L, class_L, wf_L = [8, 16, 32], 24, 8, 20, 6
             Ns, generations, replicates = [20, 2000], 60, 1

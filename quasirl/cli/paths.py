@@ -45,13 +45,12 @@ def _run_paths(out, horizon, n_temps, t_max, t_min, k_best) -> dict:
     from quasirl import paths as qp
     from quasirl import plots
     from quasirl._models import _parse_layout
-    from quasirl._validate import QuasirlValueError, check_horizon
+    from quasirl._validate import QuasirlValueError, check_horizon, check_int
 
     check_horizon(horizon)
     if not 1 <= horizon <= 8:
         raise QuasirlValueError(f"horizon must lie in [1, 8] (paths are enumerated), got {horizon}")
-    if n_temps < 2:
-        raise QuasirlValueError(f"temps must be >= 2, got {n_temps}")
+    n_temps = check_int("temps", n_temps, minimum=2)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -121,16 +121,13 @@ def _boost(out: Path, quick: bool, L: int, kw: dict) -> list[dict]:
 def run_phase(out: Path, diagrams=("mdp",), quick: bool = False, scheduler: str | None = None,
               dask: bool = False, store: Path | None = None, L: int = 20) -> dict:
     """Compute the requested phase diagrams; write PNG + netCDF + summary.json under ``out``."""
-    from quasirl._validate import QuasirlValueError
+    from quasirl._validate import QuasirlValueError, check_int
 
     unknown = [d for d in diagrams if d not in DIAGRAMS]
     if unknown:
         raise QuasirlValueError(f"--diagram must be among {', '.join(DIAGRAMS)} or all, "
                                 f"got {unknown[0]!r}")
-    if isinstance(L, bool) or not isinstance(L, int | np.integer):
-        raise QuasirlValueError(f"--L must be an integer, got {L!r}")
-    if L < 2:
-        raise QuasirlValueError(f"--L must be >= 2, got {L}")
+    L = check_int("--L", L, minimum=2)
     if "mdp" in diagrams:  # before any diagram starts: refuse what cannot fit in memory
         from quasirl._phase_mdp import check_phase_memory
 
