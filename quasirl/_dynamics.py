@@ -28,19 +28,6 @@ from ._native import pull_ad as _native_ad
 from ._pull_xla import Pull, forward_values, pull_tables
 from .semiring import safe_log, smax, smax_weighted, tie_tolerance, value_weight
 
-__all__ = [
-    "Evolution",
-    "bellman_value",
-    "desirability",
-    "evolve",
-    "free_energy",
-    "log_partition",
-    "occupancy",
-    "optimal_value",
-    "optimism_gap",
-    "soft_policy",
-]
-
 
 # --------------------------------------------------------------------------------------------
 # tables shared by all temperatures (computed once per call, inside jit)
@@ -463,6 +450,26 @@ def optimism_gap(mdp: MDP, horizon: int):
     return optimal_value(mdp, horizon) - bellman_value(mdp, horizon)
 
 
+def _log_optimal_weight(tab: Pull, horizon: int):
+    """log W: the total weight of the max-return paths (ties within
+    :func:`quasirl.semiring.tie_tolerance`), by the max-plus recursion with weights. The same
+    quantity as :func:`_evolve_one`'s T = 0 branch, without its T > 0 branch: this is the
+    program that :func:`_occupancy_limit` differentiates, so it is kept minimal."""
+    c = value_weight(tab.logw, tab.rew, jnp.zeros((), tab.logw.dtype))
+
+    def step(carry, _):
+        u, lW, acc = carry
+        u, lW = smax_weighted(u[tab.src] + c, lW[tab.src] + tab.logw, axis=1)
+        m = jnp.max(u)
+        return (u - m, lW, acc + m), None
+
+    u0 = value_weight(tab.log_init, jnp.zeros_like(tab.log_init), jnp.zeros((), c.dtype))
+    m0 = jnp.max(u0)
+    (u, lW, acc), _ = jax.lax.scan(step, (u0 - m0, tab.log_init, m0), None, length=horizon)
+    top = u >= jnp.max(u) - tie_tolerance(jnp.abs(acc), u.dtype)
+    return smax(jnp.where(top, lW, -jnp.inf), 1.0, axis=0)
+
+
 @partial(jax.jit, static_argnames=("horizon",))
 def _occupancy_limit(mdp: MDP, horizon: int):
     """The T -> 0+ limit of the occupancy: uses of each outcome on the max-return paths, each
@@ -475,10 +482,21 @@ def _occupancy_limit(mdp: MDP, horizon: int):
     def logW(delta):
         scaled = [*leaves]
         scaled[slot] = mdp.prob * jnp.exp(delta)
-        tab = pull_tables(jax.tree_util.tree_unflatten(treedef, scaled))
-        return _evolve_one(tab, jnp.zeros((), mdp.prob.dtype), horizon, None)[1]
+        return _log_optimal_weight(pull_tables(jax.tree_util.tree_unflatten(treedef, scaled)),
+                                   horizon)
 
     return jax.grad(logW)(jnp.zeros_like(mdp.prob))
+
+
+@partial(jax.jit, static_argnames=("horizon", "native"))
+def _occupancy_batch(mdp: MDP, t, horizon: int, native: bool):
+    """dF/dR at the temperatures t (one lane): one compiled program for the forward pass and
+    its adjoint (under an outer jit the two are compiled once, together)."""
+
+    def F(r):  # the soft recursion at every T (its T = 0 lanes are the max)
+        return _free_energy_batch(mdp.replace(reward=r), t, horizon, native=native)[0]
+
+    return jax.grad(F)(mdp.reward)
 
 
 def occupancy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
@@ -502,8 +520,4 @@ def occupancy(mdp: MDP, T, horizon: int, *, kernel: str = "auto"):
                 "by the XLA max-plus recursion with weights (use kernel='auto' or 'xla')")
         return _occupancy_limit(mdp, horizon)
     native = _use_native(mdp, kernel, False, "occupancy")
-
-    def F(r):  # the soft recursion at every T (its T = 0 lanes are the max)
-        return _free_energy_batch(mdp.replace(reward=r), t, horizon, native=native)[0]
-
-    return jax.grad(F)(mdp.reward)
+    return _occupancy_batch(mdp, t, horizon, native)

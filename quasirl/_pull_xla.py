@@ -42,22 +42,28 @@ def pull_tables(mdp: MDP) -> Pull:
 # single-temperature kernels
 # --------------------------------------------------------------------------------------------
 # Pull tables with at most this many entries per state are reduced term by term (one fused
-# loop, no [S, J, B] intermediate); wider (dense) tables go through a stacked gather.
+# loop, no [S, J, B] intermediate); wider (dense) tables go through stacked gathers, of all J
+# columns at once where the [S, J, B] terms fit in _STACK_ELEMENTS numbers, else in blocks of
+# columns on a leading axis, streamed by two scans (benchmarks/NOTES.md, sections 4 and 16).
 _UNROLL_J = 16
+_STACK_ELEMENTS = 1 << 24
 
 
-def _pull_layout(tab: Pull) -> Pull:
-    """Tables as the pull step wants them: unchanged for J <= _UNROLL_J, else cut into blocks
-    of _UNROLL_J columns on a leading axis ([nb, S, Jb]; padding has log w = -inf)."""
+def _pull_layout(tab: Pull, B: int = 1) -> Pull:
+    """Tables as the pull step wants them: unchanged ([S, J]) for J <= _UNROLL_J, else cut
+    into nb blocks of Jb columns on a leading axis ([nb, S, Jb]; padding has log w = -inf),
+    with nb = 1 (one gather of every column) where S * J * B <= _STACK_ELEMENTS."""
     S, J = tab.src.shape
     if J <= _UNROLL_J:
         return tab
-    nb = -(-J // _UNROLL_J)
-    pad = nb * _UNROLL_J - J
+    width = max(_UNROLL_J, _STACK_ELEMENTS // max(S * B, 1))
+    nb = -(-J // width)
+    jb = -(-J // nb)  # the narrowest blocks that cover J in nb pieces
+    pad = nb * jb - J
 
     def blocks(x, fill):
         x = jnp.pad(x, ((0, 0), (0, pad)), constant_values=fill)
-        return jnp.transpose(x.reshape(S, nb, _UNROLL_J), (1, 0, 2))
+        return jnp.transpose(x.reshape(S, nb, jb), (1, 0, 2))
 
     return Pull(blocks(tab.src, 0), blocks(tab.logw, -jnp.inf), blocks(tab.rew, 0.0),
                  tab.log_init)
@@ -86,8 +92,15 @@ def _pull_step(tab: Pull, u, Tb, maxplus: bool):
                 out = jnp.maximum(out, x)
             return out
         return smax_terms(xs, Tb)
-    m, out = smax_scan(lambda blk: _terms(*blk, u, Tb), (tab.src, tab.logw, tab.rew), Tb,
-                       u.shape, u.dtype)
+
+    def stacked(blk):  # [S, Jb, B]: one gather for the block's Jb columns
+        src, logw, rew = blk
+        return u[src] + value_weight(logw[..., None], rew[..., None], Tb[:, None, :])
+
+    if tab.src.shape[0] == 1:  # every column in one block: no scan over blocks
+        x = stacked((tab.src[0], tab.logw[0], tab.rew[0]))
+        return jnp.max(x, axis=1) if maxplus else smax(x, Tb[:, None, :], axis=1)
+    m, out = smax_scan(stacked, (tab.src, tab.logw, tab.rew), Tb, u.shape, u.dtype)
     return m if maxplus else out
 
 
@@ -104,7 +117,7 @@ def forward_values(tab: Pull, T, horizon: int, maxplus: bool = False):
 def forward_from(tab: Pull, u0, T, horizon: int, maxplus: bool = False):
     """:func:`forward_values` from a given u0 [S, B] (value units)."""
     Tb = T[None, :]
-    tab = _pull_layout(tab)
+    tab = _pull_layout(tab, Tb.shape[1])
 
     # Under reverse-mode autodiff keep only the carry of each step and recompute the step's
     # J gathered terms in the backward pass: memory per step is u itself ([S, B]) instead of
