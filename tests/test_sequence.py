@@ -565,6 +565,119 @@ def test_no_recompilation_for_new_rates():
     assert stationary_kernel._cache_size() == n
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 7 steps, so that runs of a few dozen generations cross several chunk
+    boundaries, unaligned with save_every and save_at."""
+    from quasirl.sequence import _chunks
+
+    monkeypatch.setattr(_chunks, "chunk_size", lambda n: 7)
+
+
+@pytest.mark.parametrize("model", ["discrete", "continuous"])
+def test_evolve_in_chunks_equals_dense_iteration_and_saves_states(small_chunks, model):
+    """Every output of a chunked run (including the full states at save_at) against the dense
+    iteration, for numbers of generations that end inside a chunk, on one, and at 0."""
+    L, mu, nu, dt = 5, 0.06, 0.03, 0.1
+    rng = np.random.default_rng(21)
+    f = rng.uniform(0.5, 2.0, 1 << L)
+    x0 = rng.random(1 << L)
+    x0 /= x0.sum()
+    Q = dense_Q(np.full(L, mu), np.full(L, nu))
+    if model == "discrete":
+        A = Q * f[None, :]
+    else:  # Strang: D exp(dt G) D with D = exp(dt f / 2)
+        D = np.diag(np.exp(0.5 * dt * f))
+        gen = sum(np.kron(np.kron(np.eye(1 << j), [[-mu, nu], [mu, -nu]]),
+                          np.eye(1 << (L - 1 - j))) for j in range(L))
+        A = D @ scipy.linalg.expm(dt * gen) @ D
+    xs = [x0]
+    for _ in range(40):
+        y = A @ xs[-1]
+        xs.append(y / y.sum())
+    xs = np.array(xs)
+    d = np.array([popcount(i ^ 2) for i in range(1 << L)])
+    for G in (0, 7, 14, 23, 40):
+        at = [t for t in (G, 0, 3, 7, 15, 22) if t <= G]
+        tr = S.evolve(f, mu, G, x0=x0, nu=nu, model=model, dt=dt, save_every=3, save_at=at,
+                      master=2)
+        np.testing.assert_allclose(tr.distribution, xs[G], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(tr.saved, xs[at], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(tr.master, xs[: G + 1, 2], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(tr.classes, [np.bincount(d, weights=x, minlength=L + 1)
+                                                for x in xs[: G + 1 : 3]], rtol=1e-10,
+                                   atol=1e-14)
+        if model == "discrete":
+            np.testing.assert_allclose(tr.mean_fitness, xs[: G + 1] @ f, rtol=1e-10)
+        assert tr.mean_fitness.shape == (G + 1,) and tr.saved.shape == (len(at), 1 << L)
+
+
+def test_a_new_number_of_generations_compiles_nothing():
+    """The number of generations, save_every and save_at are run-time values: after one run,
+    others with new values add no entry to the compiled kernels' caches (they did before:
+    one compilation per number of generations)."""
+    from quasirl.sequence._kron import _evolve_chunk
+    from quasirl.sequence._wf import _individual_chunk, _wf_chunk
+
+    f = S.single_peak(6, 3.0)
+    key = jax.random.key(0)
+    S.evolve(f, 0.01, 10)
+    S.evolve(f, 0.01, 10, save_every=2)
+    S.wright_fisher(key, f, 0.01, 100, 10, save_every=2)
+    S.wright_fisher_individuals(key, np.r_[3.0, np.ones(6)], 0.01, 50, 10)
+    sizes = [k._cache_size() for k in (_evolve_chunk, _wf_chunk, _individual_chunk)]
+    for G in (1, 37, 250):
+        S.evolve(f, 0.02, G)
+        S.evolve(f, 0.01, G, save_every=5, save_at=[0, G // 2, G])
+        S.wright_fisher(key, f, 0.01, 100, G, save_every=3)
+        S.wright_fisher_individuals(key, np.r_[3.0, np.ones(6)], 0.01, 50, G)
+    assert [k._cache_size() for k in (_evolve_chunk, _wf_chunk, _individual_chunk)] == sizes
+
+
+def test_evolve_under_jit_and_vmap_equals_eager():
+    f = jnp.asarray(np.random.default_rng(3).uniform(0.5, 2.0, 1 << 5))
+    eager = S.evolve(f, 0.05, 20, save_every=4, save_at=[5, 20])
+    jitted = jax.jit(lambda mu: S.evolve(f, mu, 20, save_every=4, save_at=[5, 20]))(0.05)
+    for a, b in zip(eager, jitted, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    mus = jnp.array([0.01, 0.05, 0.1])
+    batch = jax.vmap(lambda mu: S.evolve(f, mu, 20, save_at=[5]).saved[0])(mus)
+    for mu, row in zip(mus, batch, strict=True):
+        np.testing.assert_allclose(row, S.evolve(f, float(mu), 5).distribution, rtol=1e-12)
+
+
+def test_wright_fisher_prefix_and_chunks_do_not_change_the_run(small_chunks, monkeypatch):
+    """Generation t draws with fold_in(key, t): a run of 20 generations is the start of a run
+    of 45, and the chunk size (7 here, 4096 by default) does not change a draw."""
+    from quasirl.sequence import _chunks
+
+    L, N = 6, 300
+    f = S.single_peak(L, 4.0)
+    key = jax.random.key(5)
+    short = S.wright_fisher(key, f, 0.05, N, 20, save_every=4)
+    long = S.wright_fisher(key, f, 0.05, N, 45, save_every=4)
+    np.testing.assert_array_equal(long.master[:21], short.master)
+    np.testing.assert_array_equal(long.classes[:6], short.classes)
+    ind_short = S.wright_fisher_individuals(key, np.r_[4.0, np.ones(L)], 0.05, N, 20)
+    monkeypatch.setattr(_chunks, "chunk_size", lambda n: 4096)
+    np.testing.assert_array_equal(S.wright_fisher(key, f, 0.05, N, 45, save_every=4).counts,
+                                  long.counts)
+    ind_long = S.wright_fisher_individuals(key, np.r_[4.0, np.ones(L)], 0.05, N, 33)
+    np.testing.assert_array_equal(ind_long.mean_distance[:21], ind_short.mean_distance)
+
+
+@pytest.mark.parametrize("save_at, match", [
+    ([0, 11], r"save_at\[1\] must be between 0 and 10, got 11"),
+    ([-1], r"save_at\[0\] must be between 0 and 10, got -1"),
+    ([2.5], r"save_at\[0\] must be an integer, got 2.5"),
+    ("abc", r"save_at\[0\] must be an integer, got 'a'"),
+    (object(), r"save_at must be a sequence of generations"),
+])
+def test_evolve_refuses_bad_save_at(save_at, match):
+    with pytest.raises(QuasirlValueError, match=match):
+        S.evolve(S.single_peak(4, 2.0), 0.01, 10, save_at=save_at)
+
+
 # --------------------------------------------------------------------------------------------
 # finite populations
 # --------------------------------------------------------------------------------------------

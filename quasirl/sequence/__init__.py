@@ -13,8 +13,9 @@ and the master sequence is i = 0 (all zeros) unless said otherwise (docs/theory.
   :func:`rough_mt_fuji`, :func:`nk` (Kauffman), :func:`hamming_landscape` (any function of the
   distance to the master); :func:`hamming_distance`, :func:`class_distribution`.
 * Dynamics: :func:`evolve` (the generation map x' = Q diag(f) x / f.x, or Crow-Kimura
-  continuous time, as a ``lax.scan``) and :func:`stationary` (the Perron vector by power
-  iteration with a stated tolerance and an estimated spectral gap; unpacks as
+  continuous time, in compiled chunks with the number of generations a run-time value; full
+  distributions saved at chosen generations with ``save_at``) and :func:`stationary` (the
+  Perron vector by power iteration with a stated tolerance and an estimated spectral gap; unpacks as
   ``(distribution, mean_fitness)``).
 * The exact (L+1)-class reduction, independent of the Kronecker code, usable to L = 1000 and
   refused above L = 2000 (dense matrices):

@@ -32,7 +32,15 @@ import numpy as np
 from .. import _kernels
 from .._kron_xla import reference
 from .._native import kron as _native_kron
-from .._validate import QuasirlValueError, check_finite, check_int, check_nonnegative, float_dtype
+from .._validate import (
+    QuasirlValueError,
+    check_finite,
+    check_int,
+    check_nonnegative,
+    float_dtype,
+    is_concrete,
+)
+from . import _chunks
 from ._checks import (
     check_fitness,
     check_groups,
@@ -208,13 +216,15 @@ class Trajectory(NamedTuple):
 
     distribution: the final genotype distribution [2^L]; mean_fitness: f.x_t for t = 0..G
     [G+1]; master: x_t[master] [G+1]; classes: Hamming-class masses every ``save_every``
-    generations ([G // save_every + 1, L+1]) or None.
+    generations ([G // save_every + 1, L+1]) or None; saved: the full distributions x_t at the
+    generations ``save_at`` asked for, in that order ([len(save_at), 2^L]), or None.
     """
 
     distribution: jax.Array
     mean_fitness: jax.Array
     master: jax.Array
     classes: jax.Array | None
+    saved: jax.Array | None = None
 
 
 def _discrete_step(f, u, v, groups, native):
@@ -289,9 +299,12 @@ def _make_step(f, u, v, groups, native, model, dt):
     return _continuous_step(f, uu, vv, groups, native, dt)
 
 
-@partial(jax.jit, static_argnames=("generations", "save_every", "groups", "native", "model",
-                                   "master"))
-def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, model, master):
+@partial(jax.jit, static_argnames=("groups", "native", "model", "master", "record", "size",
+                                   "fixed"))
+def _evolve_chunk(f, u, v, x, dt, n, t0, every, groups, native, model, master, record, size,
+                  fixed):
+    """n <= size generations from x (n, t0, every traced): one compiled program for every
+    number of generations (:mod:`._chunks`)."""
     L = len(u)
     f, back = _scaled_fitness(f, model)
     step = _make_step(f, u, v, groups, native, model, dt)
@@ -299,30 +312,30 @@ def _evolve_kernel(f, u, v, x0, dt, generations, save_every, groups, native, mod
     def one(x, _):
         xn, s = step(x)
         # the discrete step returns f . x (x before the step): no extra pass for the record
-        return xn, (jnp.dot(f, x) if s is None else s, xn[master])
+        return xn, (back(jnp.dot(f, x) if s is None else s), xn[master])
 
-    def record(x):
+    def classes(x):
         return class_sum(relabel(x, L, master), L)
 
-    if save_every is None:
-        x, (mf, xm) = jax.lax.scan(one, x0, None, length=generations)
-        classes = None
-    else:
-        nblk, rest = divmod(generations, save_every)
+    start = (x[master], classes(x) if record else None)
+    x, ys, recs = _chunks.loop(one, classes if record else None, x, n, t0, every, size, fixed)
+    return x, ys, recs, start, back(jnp.dot(f, x))
 
-        def blk(x, _):
-            x, ys = jax.lax.scan(one, x, None, length=save_every)
-            return x, (ys, record(x))
 
-        x, ((mf, xm), cl) = jax.lax.scan(blk, x0, None, length=nblk)
-        mf, xm = mf.reshape(-1), xm.reshape(-1)
-        if rest:
-            x, (mf2, xm2) = jax.lax.scan(one, x, None, length=rest)
-            mf, xm = jnp.concatenate([mf, mf2]), jnp.concatenate([xm, xm2])
-        classes = jnp.concatenate([record(x0)[None], cl])
-    mf = back(jnp.concatenate([mf, jnp.dot(f, x)[None]]))  # f . x_t for t = 0..G
-    xm = jnp.concatenate([x0[master][None], xm])
-    return Trajectory(x, mf, xm, classes)
+def _evolve_kernel(f, u, v, x0, dt, generations, save_every, save_at, groups, native, model,
+                   master):
+    L = len(u)
+    size = _chunks.chunk_size(1 << L)
+
+    def chunk(x, n, t0, every, size, fixed):
+        return _evolve_chunk(f, u, v, x, dt, n, t0, every, groups, native, model, master,
+                             save_every is not None, size, fixed)
+
+    x, (mf, xm), recs, (xm0, cl0), end, saved = _chunks.run(
+        chunk, x0, generations, save_every, save_at, size, not is_concrete(f, u, v, x0, dt))
+    classes = None if save_every is None else _chunks.cat(cl0[None], recs)
+    return Trajectory(x, _chunks.cat(mf, end), _chunks.cat(xm0, xm), classes,
+                      jnp.stack(saved) if saved else None)
 
 
 def _initial(x0, f, L, dtype, name="x0"):
@@ -345,10 +358,10 @@ def _initial(x0, f, L, dtype, name="x0"):
 
 def evolve(
     fitness, mu, generations: int, x0=None, *, nu=None, model: str = "discrete",
-    dt: float = 0.1, save_every: int | None = None, master: int = 0, groups=None,
+    dt: float = 0.1, save_every: int | None = None, save_at=None, master: int = 0, groups=None,
     kernel: str = "auto",
 ) -> Trajectory:
-    """Iterate Eigen's quasispecies equation on the 2^L genotypes (a ``lax.scan``).
+    """Iterate Eigen's quasispecies equation on the 2^L genotypes.
 
     model="discrete" (generations): x' = Q diag(f) x / (f . x) (Eigen 1971).
     model="continuous" (Crow-Kimura, ``generations`` steps of length dt):
@@ -356,8 +369,12 @@ def evolve(
     time); each step is the Strang splitting exp(dt F/2) exp(dt G) exp(dt F/2) with exp(dt G)
     applied exactly as a Kronecker product (error O(dt^2) per unit time).
     fitness: [2^L] (non-negative); mu, nu: see :func:`mutate`; x0: start (default uniform);
-    save_every=k also records the Hamming-class masses (relative to ``master``) every k steps.
-    groups, kernel: how Q is applied (see :func:`mutate`).
+    save_every=k also records the Hamming-class masses (relative to ``master``) every k steps;
+    save_at=[t1, t2, ...] (generations 0..G) returns the full distributions x_t there
+    (``Trajectory.saved``). groups, kernel: how Q is applied (see :func:`mutate`).
+    The number of generations is a run-time value: the map runs in compiled chunks of a fixed
+    number of steps, so a new ``generations`` (or ``save_every``, ``save_at``) compiles
+    nothing; the first call with a new L or dtype compiles once.
     Only fitness ratios matter to the discrete map: it runs on f / 2^e >= max f (exact) and
     scales the mean fitness back, so fitness up to the dtype's largest value stays finite.
     """
@@ -373,7 +390,8 @@ def evolve(
     g = check_groups(groups, L)
     native = resolve_kernel(kernel, g, "sequence.evolve")
     x = _initial(x0, f, L, dtype)
-    return _evolve_kernel(f, u, v, x, jnp.asarray(dt, dtype), generations, save_every,
+    save_at = _chunks.check_save_at(save_at, generations, (1 << L) * jnp.dtype(dtype).itemsize)
+    return _evolve_kernel(f, u, v, x, jnp.asarray(dt, dtype), generations, save_every, save_at,
                           g or default_groups(L, dtype), native, model, master)
 
 

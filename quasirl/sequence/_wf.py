@@ -30,6 +30,7 @@ from .._validate import (
     float_dtype,
     is_concrete,
 )
+from . import _chunks
 from ._checks import (
     check_fitness,
     check_groups,
@@ -102,51 +103,44 @@ def _sample_indices(key, w, N: int):
     return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), w.shape[0] - 1)
 
 
-def _scan_record(one, record, carry, keys, save_every):
-    """Scan ``one`` over keys; with save_every, also ``record`` the carry every k steps."""
-    G = keys.shape[0]
-    if save_every is None:
-        carry, ys = jax.lax.scan(one, carry, keys)
-        return carry, ys, None
-    nblk, rest = divmod(G, save_every)
-
-    def blk(c, ks):
-        c, ys = jax.lax.scan(one, c, ks)
-        return c, (ys, record(c))
-
-    c0 = carry
-    carry, (ys, rec) = jax.lax.scan(blk, carry, keys[: nblk * save_every].reshape(
-        (nblk, save_every) + keys.shape[1:]))
-    ys = jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), ys)
-    if rest:
-        carry, ys2 = jax.lax.scan(one, carry, keys[nblk * save_every:])
-        ys = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys, ys2)
-    rec = jnp.concatenate([record(c0)[None], rec])
-    return carry, ys, rec
+_STATIC = ("N", "groups", "native", "master", "record", "size", "fixed")
 
 
-@partial(jax.jit, static_argnames=("N", "generations", "save_every", "groups", "native",
-                                   "master"))
-def _wf_kernel(key, f, u, v, n0, N, generations, save_every, groups, native, master):
+@partial(jax.jit, static_argnames=_STATIC)
+def _wf_chunk(key, f, u, v, n, steps, t0, every, N, groups, native, master, record, size,
+              fixed):
+    """``steps`` <= size generations from counts n (:mod:`._chunks`); generation t draws with
+    fold_in(key, t), so a run's first G generations do not depend on how many follow."""
     L = len(u)
-    keys = jax.random.split(key, generations)
     inv_n = 1.0 / N
     f, back = scale_by_max(f)  # f * n stays finite for fitness near the dtype's largest value
 
-    def one(n, k):
+    def mean(n):
+        return back(jnp.dot(f, n.astype(f.dtype)) * inv_n)
+
+    def one(n, t):
         x = n.astype(f.dtype)
         p, _ = apply_q(x, f, u, v, 1, weighted=True, normalize=True, groups=groups,
                        native=native)
-        n = _sample_counts(k, p, N)
-        return n, (n[master] * inv_n, back(jnp.dot(f, n.astype(f.dtype)) * inv_n))
+        n = _sample_counts(jax.random.fold_in(key, t), p, N)
+        return n, (n[master] * inv_n, mean(n))
 
-    def record(n):
+    def classes(n):
         return class_sum(relabel(n.astype(f.dtype) * inv_n, L, master), L)
 
-    n, (xm, mf), cl = _scan_record(one, record, n0, keys, save_every)
-    xm = jnp.concatenate([(n0[master] * inv_n)[None].astype(xm.dtype), xm])
-    mf = jnp.concatenate([back(jnp.dot(f, n0.astype(f.dtype)) * inv_n)[None], mf])
-    return WrightFisher(n, xm, mf, cl)
+    start = ((n[master] * inv_n).astype(f.dtype), mean(n), classes(n) if record else None)
+    n, ys, recs = _chunks.loop(one, classes if record else None, n, steps, t0, every, size,
+                               fixed)
+    return n, ys, recs, start, None
+
+
+def _run(chunk, state0, generations, save_every, size, traced):
+    """(final state, per-step outputs with the start prepended, classes or None)."""
+    state, ys, recs, start, _, _ = _chunks.run(chunk, state0, generations, save_every, (),
+                                               size, traced)
+    series = [_chunks.cat(s0, y) for s0, y in zip(start[:-1], ys, strict=True)]
+    cl = None if save_every is None else _chunks.cat(start[-1][None], recs)
+    return state, series, cl
 
 
 def wright_fisher(
@@ -163,6 +157,9 @@ def wright_fisher(
     N: population size, 1 <= N <= 2^31 - 1 (counts are int32 and each generation draws N
     uniforms); n0: initial counts [2^L] summing to N (default all N at ``master``); groups,
     kernel: how Q is applied (see :func:`mutate`).
+    Generation t draws with ``jax.random.fold_in(key, t)``, so the first G generations of a
+    longer run are the run of G generations. The number of generations is a run-time value
+    (compiled chunks, as in :func:`evolve`): a new one compiles nothing.
     """
     check_key(key)
     L = check_fitness(fitness)
@@ -192,23 +189,27 @@ def wright_fisher(
             if not (a * np.asarray(fitness, np.float64)).sum() > 0:
                 raise QuasirlValueError("n0 must hold a genotype of positive fitness")
         n0 = jnp.asarray(n0, jnp.int32)
-    if generations == 0:
-        x = n0.astype(dtype) / N
-        cl = None if save_every is None else class_sum(relabel(x, L, master), L)[None]
-        fs, back = scale_by_max(f)
-        return WrightFisher(n0, x[master][None], back(jnp.dot(fs, x))[None], cl)
-    return _wf_kernel(key, f, u, v, n0, N, generations, save_every, g, native, master)
+    size = _chunks.chunk_size(1 << L)
+
+    def chunk(n, steps, t0, every, size, fixed):
+        return _wf_chunk(key, f, u, v, n, steps, t0, every, N, g, native, master,
+                         save_every is not None, size, fixed)
+
+    n, (xm, mf), cl = _run(chunk, n0, generations, save_every, size,
+                           not is_concrete(key, f, u, v, n0))
+    return WrightFisher(n, xm, mf, cl)
 
 
 # --------------------------------------------------------------------------------------------
 # individual-based
 # --------------------------------------------------------------------------------------------
-@partial(jax.jit, static_argnames=("fitness_fn", "generations", "save_every"))
-def _individual_kernel(key, g0, u, v, table, fitness_fn, generations, save_every):
-    N, L = g0.shape
+@partial(jax.jit, static_argnames=("fitness_fn", "record", "size", "fixed"))
+def _individual_chunk(key, g, u, v, table, steps, t0, every, fitness_fn, record, size, fixed):
+    """``steps`` <= size generations of N genomes (:mod:`._chunks`); generation t draws with
+    fold_in(key, t)."""
+    N, L = g.shape
     fn = fitness_fn if fitness_fn is not None else (
         lambda g: table[jnp.sum(g, axis=1, dtype=jnp.int32)])
-    keys = jax.random.split(key, generations)
 
     def stats(g):
         d = jnp.sum(g, axis=1, dtype=jnp.int32)
@@ -216,8 +217,8 @@ def _individual_kernel(key, g0, u, v, table, fitness_fn, generations, save_every
         return (jnp.mean((d == 0).astype(u.dtype)), back(jnp.mean(w)),
                 jnp.mean(d.astype(u.dtype)))
 
-    def one(g, k):
-        k_sel, k_mut = jax.random.split(k)
+    def one(g, t):
+        k_sel, k_mut = jax.random.split(jax.random.fold_in(key, t))
         w, _ = scale_by_max(fn(g).astype(u.dtype))
         parents = _sample_indices(k_sel, w, N)
         g = g[parents]
@@ -226,14 +227,14 @@ def _individual_kernel(key, g0, u, v, table, fitness_fn, generations, save_every
         g = g ^ flips.astype(g.dtype)
         return g, stats(g)
 
-    def record(g):
+    def classes(g):
         d = jnp.sum(g, axis=1, dtype=jnp.int32)
         return jnp.zeros((L + 1,), u.dtype).at[d].add(1.0 / N)
 
-    g, (xm, mf, md), cl = _scan_record(one, record, g0, keys, save_every)
-    s0 = stats(g0)
-    return Population(g, jnp.concatenate([s0[0][None], xm]), jnp.concatenate([s0[1][None], mf]),
-                      jnp.concatenate([s0[2][None], md]), cl)
+    start = (*stats(g), classes(g) if record else None)
+    g, ys, recs = _chunks.loop(one, classes if record else None, g, steps, t0, every, size,
+                               fixed)
+    return g, ys, recs, start, None
 
 
 def wright_fisher_individuals(
@@ -250,7 +251,8 @@ def wright_fisher_individuals(
     argument of the compiled kernel, so pass the same function object to reuse it).
     N: population size, 1 <= N <= 2^31 - 1 (memory: the genomes are N x L bytes);
     L: sequence length (default len(fitness) - 1 for a table); genomes0: [N, L] start
-    (default all master).
+    (default all master). Generation t draws with ``jax.random.fold_in(key, t)``; the number
+    of generations is a run-time value, as in :func:`wright_fisher`.
     """
     check_key(key)
     N = _check_population(N)
@@ -306,12 +308,13 @@ def wright_fisher_individuals(
                     f"genomes0 must hold bits 0/1, but genomes0{list(i)} = {a[i].item()!r}"
                 )
         g0 = g0.astype(jnp.uint8)
-    if generations == 0:
-        d = jnp.sum(g0, axis=1, dtype=jnp.int32)
-        w, back = scale_by_max((fn(g0) if fn is not None else table[d]).astype(dtype))
-        cl = None if save_every is None else \
-            jnp.zeros((L + 1,), dtype).at[d].add(1.0 / N)[None]
-        return Population(g0, jnp.mean((d == 0).astype(dtype))[None], back(jnp.mean(w))[None],
-                          jnp.mean(d.astype(dtype))[None], cl)
-    return _individual_kernel(key, g0, u, v, table if table is not None else jnp.zeros(1, dtype),
-                              fn, generations, save_every)
+    table = table if table is not None else jnp.zeros(1, dtype)
+    size = _chunks.chunk_size(N * L)
+
+    def chunk(g, steps, t0, every, size, fixed):
+        return _individual_chunk(key, g, u, v, table, steps, t0, every, fn,
+                                 save_every is not None, size, fixed)
+
+    g, (xm, mf, md), cl = _run(chunk, g0, generations, save_every, size,
+                               not is_concrete(key, u, v, table, g0))
+    return Population(g, xm, mf, md, cl)
