@@ -17,3 +17,58 @@ class JSONHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class CountingCompletions(JSONHandler):
+    """A fake /v1/completions server that records how many requests were in flight at once.
+
+    Each request sleeps ``delay`` seconds (so concurrent requests overlap); the answer to a
+    generation request is " s<seed % 1000>-<choice index>" with log-prob -0.1 per choice, and
+    ``honour_n`` says whether it returns ``n`` choices or always one. Echo requests answer
+    one token per space-separated word with log p = -len(token) / 10 (a correct server).
+    """
+
+    delay = 0.05
+    honour_n = True
+    in_flight = 0
+    max_in_flight = 0
+    requests: list = []
+    lock = None  # a threading.Lock, set by the test
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": "fake-model"}]})
+
+    def do_POST(self):
+        import time
+
+        cls = type(self)
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with cls.lock:
+            cls.in_flight += 1
+            cls.max_in_flight = max(cls.max_in_flight, cls.in_flight)
+            cls.requests.append(req)
+        try:
+            time.sleep(cls.delay)
+            if req.get("echo"):
+                words = req["prompt"].split(" ")
+                toks = [words[0]] + [" " + w for w in words[1:]]
+                offs, pos = [], 0
+                for t in toks:
+                    offs.append(pos)
+                    pos += len(t)
+                lp = [None] + [-len(t) / 10 for t in toks[1:]]
+                return self._send(200, {"choices": [{"text": req["prompt"], "logprobs": {
+                    "tokens": toks, "token_logprobs": lp, "text_offset": offs},
+                    "finish_reason": "length"}]})
+            if req["temperature"] == 0:
+                return self._send(200, {"choices": [{"text": " Paris", "logprobs": {
+                    "tokens": [" Paris"], "token_logprobs": [-0.6]}, "finish_reason": "stop"}]})
+            n = int(req.get("n", 1)) if cls.honour_n else 1
+            choices = [{"index": k, "text": f" s{req['seed'] % 1000}-{k}",
+                        "logprobs": {"tokens": [f" s{req['seed'] % 1000}-{k}"],
+                                     "token_logprobs": [-0.1]},
+                        "finish_reason": "stop"} for k in reversed(range(n))]
+            return self._send(200, {"choices": choices})
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1

@@ -241,3 +241,96 @@ def test_openai_compatible_server(smol, task, tmp_path):
         for p in procs:
             if p.poll() is None:
                 _stop(p)
+
+
+# ------------------------------------------------------------------------------------------
+# evaluators on both packaged models (issue 17, item 4): complete labels, split tokenisation
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["smollm2-135m", "gemma3-270m"])
+def both(request):
+    return qlm.load(request.param)
+
+
+def _end_set_by_the_sampler_rule(lm, label_ids, stop):
+    """Every token after which the sampler would stop with exactly the label as its answer."""
+    text = lm.detokenize(label_ids)
+    eog = lm.eog_ids()
+    return {t for t in range(lm.n_vocab) if t in eog
+            or qlm_truncate(lm.detokenize(label_ids + [t]), stop) == (text, True)}
+
+
+def qlm_truncate(text, stop):
+    from quasirl.lm._types import truncate_at_stop
+
+    return truncate_at_stop(text, stop)
+
+
+def test_complete_labels_on_both_models(both):
+    from quasirl.lm._token import logsumexp
+
+    prompt = "Rate the answer from 1 to 10.\nAnswer:"
+    labels = [" 1", " 10"]
+    pids = both.tokenize(prompt, bos=True)
+    ids = [both.tokenize(c, bos=False) for c in labels]
+    assert ids[1][: len(ids[0])] == ids[0]  # " 1" is a token prefix of " 10" on this model
+    ends = _end_set_by_the_sampler_rule(both, ids[0], ("\n",))
+    assert ends == set(both.end_ids(("\n",)).tolist())
+    got = both.score_complete([prompt] * 2, labels, ("\n",))
+    for sc, c in zip(got, ids, strict=True):
+        # oracle: the end summed over the brute-force set, from the logits after the label;
+        # the tokens against the sampler's one-token-at-a-time path (llama.cpp's batched and
+        # single-token kernels differ by up to ~0.2 nats on these quantised models)
+        x = both.continuation_rows(pids, c)[-1].astype(np.float64)
+        end = logsumexp(x[sorted(ends)]) - logsumexp(x)
+        np.testing.assert_allclose(sc.end_logprob, end, rtol=1e-9)
+        step = TokenLM.continuation_logprobs(both, pids, c)
+        np.testing.assert_allclose(sc.token_logprobs, step, atol=0.25)
+        np.testing.assert_allclose(sc.total, sum(sc.token_logprobs) + sc.end_logprob,
+                                   rtol=1e-12)
+    tot = np.array([s.total for s in got])
+    p = qlm.label_probs(both, [prompt], labels, end=("\n",))[0]
+    np.testing.assert_allclose(p, np.exp(tot) / np.exp(tot).sum(), rtol=1e-9)
+    # as prefixes " 1" always wins (it holds all of " 10"'s mass); as complete answers the
+    # odds move by p(end | " 10") / p(end | " 1") (up to batch numerics of the token scores)
+    pre = qlm.label_probs(both, [prompt], labels)[0]
+    assert pre[0] > pre[1]
+    np.testing.assert_allclose(np.log(p[1] / p[0]) - np.log(pre[1] / pre[0]),
+                               got[1].end_logprob - got[0].end_logprob, atol=0.25)
+    # the 5-point scale is scored as complete labels; its distribution sums to 1
+    task = qlm.capitals()
+    ev = task.eval_prompt(task.item("france"), "Paris", qlm.FIVE_POINT.question)
+    p5 = qlm.SurveyFitness(qlm.FIVE_POINT).label_probs(both, task, [task.item("france")],
+                                                        ["Paris"])[0]
+    c5 = both.score_complete([ev] * 5, qlm.FIVE_POINT.labels, ("\n",))
+    t5 = np.array([s.total for s in c5])
+    np.testing.assert_allclose(p5, np.exp(t5 - t5.max()) / np.exp(t5 - t5.max()).sum(),
+                               rtol=1e-9)
+
+
+def test_split_tokenisation_is_how_samples_are_generated(both):
+    """Scoring tokenises prompt and answer apart ("split"), as the sampler generates after the
+    tokenised prompt; a joint tokenisation of prompt + answer merges across the boundary
+    ("Pari" + "s" -> " Paris") and scores another token sequence."""
+    prompt = "The capital of France is Pari"
+    pids = both.tokenize(prompt, bos=True)
+    s = both.generate([prompt], temperature=0, max_tokens=2, seed=0)[0][0]
+    assert s.text and s.end_logprob is not None
+    split = both.tokenize(s.text, bos=False)
+    assert tuple(split) == s.token_ids  # the bridge's split tokens are the sampled tokens
+    step = TokenLM.continuation_logprobs(both, pids, split)
+    np.testing.assert_allclose(step, s.token_logprobs, atol=1e-5)  # the sampler's own path
+    scored = both.score([prompt], [s.text])[0]
+    np.testing.assert_allclose(scored.token_logprobs, s.token_logprobs, atol=0.15)
+    # the answer "s" (a token the sampler can draw after "Pari"): split scoring gives the
+    # sampler's probability of that token; joint tokenisation merges it into " Paris"
+    split = both.tokenize("s", bos=False)
+    assert len(split) == 1
+    lsplit = both.score([prompt], ["s"])[0].total
+    np.testing.assert_allclose(lsplit, both.next_logprobs(pids)[split[0]], atol=0.15)
+    joint = both.tokenize(prompt + "s", bos=True)
+    assert joint != pids + split  # the boundary merges
+    k = next(i for i, (a, b) in enumerate(zip(joint, pids, strict=False)) if a != b)
+    # joint scoring: log p(joint tokens after the shared part) - log p(prompt tokens after it)
+    lj = TokenLM.continuation_logprobs(both, joint[:k], joint[k:]).sum()
+    lp = TokenLM.continuation_logprobs(both, pids[:k], pids[k:]).sum()
+    assert abs((lj - lp) - lsplit) > 0.5, (lj - lp, lsplit)

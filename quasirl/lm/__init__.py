@@ -27,6 +27,7 @@ from ._chaining import ChainResult as ChainResult
 from ._chaining import RoundSummary as RoundSummary
 from ._chaining import run_chaining as run_chaining
 from ._fitness import FIVE_POINT as FIVE_POINT
+from ._fitness import FIVE_POINT_PREFIX as FIVE_POINT_PREFIX
 from ._fitness import YES_NO as YES_NO
 from ._fitness import GoldFitness as GoldFitness
 from ._fitness import LikelihoodFitness as LikelihoodFitness

@@ -24,7 +24,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -37,6 +39,7 @@ from ._types import (
     check_logprob,
     check_number,
     check_score_args,
+    check_stop,
     sample_seed,
     truncate_at_stop,
 )
@@ -80,13 +83,19 @@ class OpenAICompatibleLM:
       sampling: extra sampling fields sent with every generation request; the default turns off
         top-k and min-p truncation on llama.cpp servers (vLLM: pass ``{"top_k": -1}``), so that
         samples follow p ∝ exp(logit / T).
+      concurrency: requests in flight at once (a thread pool of this size; 1 = one at a time).
+      server_n: ask for the ``n`` samples of a prompt in one request (``n`` = n): None detects it
+        on the first request with n > 1 (a server that returns fewer choices is then asked one
+        sample per request), True / False forces it. With ``n`` per request the samples of
+        prompt i come from one request seeded by (seed, i); else sample j of prompt i has its
+        own request seeded by (seed, i, j).
     """
 
     def __init__(self, url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 30.0, max_retries: int = 8, backoff: float = 0.5,
                  max_backoff: float = 10.0, retry_budget: float = 120.0,
                  connect_retries: int = 2, sampling: dict | None = None,
-                 name: str | None = None):
+                 name: str | None = None, concurrency: int = 8, server_n: bool | None = None):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise QuasirlValueError(f"url must start with http:// or https://, got {url!r}")
         base = url.rstrip("/")
@@ -105,11 +114,17 @@ class OpenAICompatibleLM:
             else dict(sampling)
         key = os.environ.get(api_key_env) if api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=self._timeout(self.timeout), headers=headers)
         self._model = model
         self.name = name or (model or self.base)
         self.retries = 0  # transient failures survived so far
         self._score_checked: LMError | bool = False
+        self.concurrency = check_int("concurrency", concurrency, 1)
+        if server_n not in (None, True, False):
+            raise QuasirlValueError(f"server_n must be None, True or False, got {server_n!r}")
+        self.server_n = server_n
+        self._lock = threading.Lock()
+        self._client = httpx.Client(timeout=self._timeout(self.timeout), headers=headers,
+                                    limits=httpx.Limits(max_connections=self.concurrency))
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAICompatibleLM({self.base!r}, model={self._model!r})"
@@ -155,7 +170,8 @@ class OpenAICompatibleLM:
             log.warning("server %s: attempt %d of %d failed (%s); retrying in %.3g s "
                         "(%.0f s of the %g s retry budget left)", url, attempt, tries, last,
                         wait, self.retry_budget - elapsed, self.retry_budget)
-            self.retries += 1
+            with self._lock:
+                self.retries += 1
             time.sleep(wait)
         raise LMError(f"server {url} failed {attempt} times; last error: {last} "
                       f"({elapsed:.1f} s; {why})")
@@ -189,31 +205,71 @@ class OpenAICompatibleLM:
         return self._model
 
     def _complete(self, payload: dict) -> dict:
+        return self._choices(payload)[0]
+
+    def _choices(self, payload: dict) -> list[dict]:
         out = self._request("POST", "/completions", {"model": self.model, **payload})
-        try:
-            return out["choices"][0]
-        except (KeyError, IndexError, TypeError):
+        choices = out.get("choices")
+        if not isinstance(choices, list) or not choices or not all(
+                isinstance(c, dict) for c in choices):
             raise LMError(f"server {self.base} returned no completion choice: "
-                          f"{_oneline(repr(out), 200)}") from None
+                          f"{_oneline(repr(out), 200)}")
+        # servers that answer n > 1 may list choices out of order; 'index' says which is which
+        if all(isinstance(c.get("index"), int) for c in choices):
+            choices = sorted(choices, key=lambda c: c["index"])
+        return choices
+
+    def _map(self, fn, jobs: list) -> list:
+        """fn over jobs, at most ``concurrency`` at a time, results in order (first error
+        raised)."""
+        if self.concurrency == 1 or len(jobs) <= 1:
+            return [fn(j) for j in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
+            return list(pool.map(fn, jobs))
 
     # -- the protocol ---------------------------------------------------------------------
     def generate(self, prompts, n=1, temperature=1.0, max_tokens=16, stop=("\n",), seed=0):
-        """``n`` samples per prompt; sample j of prompt i is requested with seed (seed, i, j)."""
+        """``n`` samples per prompt, requests sent ``concurrency`` at a time; with a server that
+        honours ``n`` one request per prompt seeded by (seed, i), else one per sample seeded by
+        (seed, i, j) (see ``server_n``)."""
         prompts, n, t, max_tokens, stop, seed = check_generate_args(
             prompts, n, temperature, max_tokens, stop, seed)
-        out = []
-        for i, prompt in enumerate(prompts):
-            row = []
-            for j in range(n):
-                payload = {"prompt": prompt, "max_tokens": max_tokens, "temperature": t,
-                           "logprobs": 1, "echo": False, "n": 1,
-                           "seed": sample_seed(seed, i, j) % 2**31, **self.sampling}
-                if stop:
-                    payload["stop"] = list(stop)
-                row.append(self._sample(self._complete(payload), stop,
-                                        f"server {self.base}: prompt {i}, sample {j}"))
-            out.append(row)
-        return out
+        if not prompts:
+            return []
+        base = {"max_tokens": max_tokens, "temperature": t, "logprobs": 1, "echo": False,
+                **self.sampling}
+        if stop:
+            base["stop"] = list(stop)
+
+        def where(i, j):
+            return f"server {self.base}: prompt {i}, sample {j}"
+
+        def per_prompt(i):
+            choices = self._choices({**base, "prompt": prompts[i], "n": n,
+                                     "seed": sample_seed(seed, i) % 2**31})
+            if len(choices) != n:
+                raise LMError(f"server {self.base} returned {len(choices)} choices for n={n}")
+            return [self._sample(c, stop, where(i, j)) for j, c in enumerate(choices)]
+
+        first = None
+        if n > 1 and self.server_n is None:  # detect: does the server honour n?
+            choices = self._choices({**base, "prompt": prompts[0], "n": n,
+                                     "seed": sample_seed(seed, 0) % 2**31})
+            self.server_n = len(choices) == n
+            if self.server_n:
+                first = [self._sample(c, stop, where(0, j)) for j, c in enumerate(choices)]
+        if n > 1 and self.server_n:
+            rest = self._map(per_prompt, list(range(0 if first is None else 1, len(prompts))))
+            return ([first] if first is not None else []) + rest
+
+        def one(ij):
+            i, j = ij
+            return self._sample(self._complete({**base, "prompt": prompts[i], "n": 1,
+                                                "seed": sample_seed(seed, i, j) % 2**31}),
+                                stop, where(i, j))
+
+        flat = self._map(one, [(i, j) for i in range(len(prompts)) for j in range(n)])
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _sample(self, choice: dict, stop, where: str) -> Sample:
         lp = choice.get("logprobs") or {}
@@ -234,7 +290,13 @@ class OpenAICompatibleLM:
         return Sample(text=text, token_logprobs=tuple(kept), finish=finish)
 
     def _echo(self, prompt: str, continuation: str) -> list[float]:
-        full = prompt + continuation
+        return [v for _, v in self._echo_pairs(prompt, continuation)]
+
+    def _echo_pairs(self, prompt: str, continuation: str,
+                    end: str = "") -> list[tuple[int, float]]:
+        """(text offset, echo log-prob) of the continuation's tokens (then of ``end``'s,
+        appended as text)."""
+        full = prompt + continuation + end
         choice = self._complete({"prompt": full, "max_tokens": 1, "temperature": 0.0,
                                  "logprobs": 1, "echo": True})
         lp = choice.get("logprobs") or {}
@@ -247,15 +309,15 @@ class OpenAICompatibleLM:
             for tok in toks:
                 offsets.append(pos)
                 pos += len(tok)
-        start, end = len(prompt), len(full)
-        if start not in offsets:
+        start, stop = len(prompt), len(full)
+        if start not in offsets or (end and len(prompt + continuation) not in offsets):
             raise LMError(f"server {self.base}: the continuation {continuation!r} does not start "
                           "on a token boundary of the prompt's tokenisation")
-        vals = [(o, v) for o, v in zip(offsets, tl, strict=False) if start <= o < end]
+        vals = [(o, v) for o, v in zip(offsets, tl, strict=False) if start <= o < stop]
         if any(v is None for _, v in vals) or not vals:
             raise LMError(f"server {self.base} returned no log-probability for a prompt token")
-        return [check_logprob(v, f"server {self.base}: echo of {continuation!r}, token at "
-                                 f"offset {o}", allow_neg_inf=True) for o, v in vals]
+        return [(o, check_logprob(v, f"server {self.base}: echo of {continuation!r}, token at "
+                                     f"offset {o}", allow_neg_inf=True)) for o, v in vals]
 
     def check_scoring(self) -> None:
         """Probe once: echo log-probs must match the server's own generation log-probs."""
@@ -286,8 +348,28 @@ class OpenAICompatibleLM:
         """log p(continuation | prompt) via ``echo`` (after the probe passed)."""
         prompts, continuations = check_score_args(prompts, continuations)
         self.check_scoring()
-        out = []
-        for p, c in zip(prompts, continuations, strict=True):
-            vals = self._echo(p, c)
-            out.append(Score(total=float(math.fsum(vals)), token_logprobs=tuple(vals)))
-        return out
+
+        def one(pc):
+            vals = self._echo(*pc)
+            return Score(total=float(math.fsum(vals)), token_logprobs=tuple(vals))
+
+        return self._map(one, list(zip(prompts, continuations, strict=True)))
+
+    def score_complete(self, prompts, continuations, end=("\n",)):
+        """log p(continuation, end | prompt) via ``echo`` of prompt + continuation + end[0]: the
+        end is the first end marker as text (a server gives no sum over every token that
+        starts with it, as the local backends use), so this is a lower bound."""
+        prompts, continuations = check_score_args(prompts, continuations)
+        end = check_stop(end)
+        if not end:
+            raise QuasirlValueError("end must name at least one end marker")
+        self.check_scoring()
+
+        def one(pc):
+            p, c = pc
+            pairs = self._echo_pairs(p, c, end[0])
+            toks = tuple(v for o, v in pairs if o < len(p) + len(c))
+            e = float(math.fsum(v for o, v in pairs if o >= len(p) + len(c)))
+            return Score(total=float(math.fsum(toks) + e), token_logprobs=toks, end_logprob=e)
+
+        return self._map(one, list(zip(prompts, continuations, strict=True)))

@@ -4,13 +4,17 @@ llama-cpp-python 0.3.x no longer fills ``Llama.scores`` in ``eval`` unless the m
 with ``logits_all=True`` (which allocates n_ctx x n_vocab floats: 2 GiB for Gemma 3's 262k
 vocabulary). This backend therefore evaluates with ``logits_all=False`` and reads the last
 position's logits straight from the llama.cpp context, keeping the KV cache of the longest common
-prefix between calls (prompts that share a prefix are evaluated once).
+prefix between calls (prompts that share a prefix are evaluated once). The logits after recent
+prompts are kept too (a few rows), so the samples of one prompt and the labels scored after one
+evaluation prompt evaluate the prompt once and then only their own tokens, each continuation in
+one batch (``benchmarks/b6_lm.py`` measures this against llama.cpp's raw rate).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,17 @@ class LlamaCppLM(TokenLM):
         self._eog = frozenset(t for t in range(self.n_vocab)
                               if llama_cpp.llama_vocab_is_eog(vocab, t))
         self._add_bos = bool(self.llm._model.add_bos_token())
+        self._prefix_rows: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._pieces: list[str] | None = None
+
+    PREFIX_ROWS = 8  # logits rows kept for recent prompts (one row: n_vocab float32)
+
+    def token_pieces(self) -> list[str]:
+        if self._pieces is None:
+            m = self.llm._model
+            self._pieces = [m.token_to_piece(t).rstrip(b"\0").decode("utf-8", errors="replace")
+                            for t in range(self.n_vocab)]
+        return self._pieces
 
     def tokenize(self, text: str, bos: bool) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=bos and self._add_bos,
@@ -121,13 +136,33 @@ class LlamaCppLM(TokenLM):
         self._sync(ids[:-1])
         return self._decode_rows(ids[-1:])[0]
 
-    def continuation_logprobs(self, prefix, cont) -> np.ndarray:
-        """All continuation positions in one batch (logits requested for those rows only)."""
+    def prefix_logits(self, ids) -> np.ndarray:
+        """Logits after ``ids``, remembered for the last PREFIX_ROWS prefixes (they depend on
+        the ids only, not on what the KV cache holds)."""
+        key = tuple(ids)
+        row = self._prefix_rows.get(key)
+        if row is None:
+            row = self.next_logits(ids)
+            self._prefix_rows[key] = row
+            while len(self._prefix_rows) > self.PREFIX_ROWS:
+                self._prefix_rows.popitem(last=False)
+        else:
+            self._prefix_rows.move_to_end(key)
+        return row
+
+    def continuation_rows(self, prefix, cont) -> np.ndarray:
+        """The prompt's logits (cached) and one batch over the continuation's tokens."""
         prefix, cont = list(prefix), list(cont)
         if not prefix:
             raise QuasirlValueError("cannot score after an empty prompt")
-        ids = prefix + cont
-        self._check_len(len(ids))
-        self._sync(prefix[:-1])
-        rows = self._decode_rows(ids[len(prefix) - 1: -1])
+        self._check_len(len(prefix) + len(cont))
+        first = self.prefix_logits(prefix)
+        if not cont:
+            return first[None]
+        self._sync(prefix)
+        return np.concatenate([first[None], self._decode_rows(cont)])
+
+    def continuation_logprobs(self, prefix, cont) -> np.ndarray:
+        """All continuation positions in one batch (after the cached prompt logits)."""
+        rows = self.continuation_rows(prefix, list(cont)[:-1])
         return np.array([float(r[t]) - logsumexp(r) for r, t in zip(rows, cont, strict=True)])

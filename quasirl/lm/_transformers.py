@@ -163,10 +163,23 @@ class TransformersLM(TokenLM):
         self._ids = ids
         return out.logits[0, -1].float().cpu().numpy()
 
-    def continuation_logprobs(self, prefix, cont) -> np.ndarray:
+    def token_pieces(self) -> list[str]:
+        if getattr(self, "_pieces", None) is None:
+            self._pieces = [self.detokenize([t]) for t in range(len(self.tok))]
+        return self._pieces
+
+    def continuation_rows(self, prefix, cont) -> np.ndarray:
+        """One forward pass over prompt + continuation; the rows from the prompt's last token."""
+        prefix, cont = list(prefix), list(cont)
+        if not prefix:
+            raise QuasirlValueError("cannot score after an empty prompt")
         torch = self.torch
-        ids = list(prefix) + list(cont)
+        ids = prefix + cont
         with torch.no_grad():
             logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0]
-        lp = log_softmax(logits[len(prefix) - 1: len(ids) - 1].float().cpu().numpy())
+        return logits[len(prefix) - 1:].float().cpu().numpy()
+
+    def continuation_logprobs(self, prefix, cont) -> np.ndarray:
+        cont = list(cont)
+        lp = log_softmax(self.continuation_rows(prefix, cont)[:-1])
         return lp[np.arange(len(cont)), np.asarray(cont, dtype=np.int64)]

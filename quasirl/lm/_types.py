@@ -75,6 +75,8 @@ def check_sample(sample: Sample, where: str) -> Sample:
                            f"{type(sample).__name__}")
     for t, v in enumerate(sample.token_logprobs):
         check_logprob(v, f"{where}, token {t}" if len(sample.token_logprobs) > 1 else where)
+    if sample.end_logprob is not None:
+        check_logprob(sample.end_logprob, f"{where}, end of answer", allow_neg_inf=True)
     return sample
 
 
@@ -94,12 +96,17 @@ class Sample:
     ``token_logprobs[i]`` is the raw model log-probability log p(token_i | prompt, token_<i)
     (temperature 1, full vocabulary), whatever temperature the token was sampled at.
     ``finish`` is ``"stop"`` (a stop string or end-of-sequence token) or ``"length"``.
+    ``end_logprob`` is log p(end | prompt, tokens): the probability that the answer ends right
+    after its tokens, i.e. that the next token is an end-of-generation token or a token whose
+    text starts with a stop string (the sampler's end marker); 0.0 when the last token itself
+    carried the stop string; None when the backend cannot tell (servers, SyntheticLM).
     """
 
     text: str
     token_logprobs: tuple[float, ...]
     finish: str = "stop"
     token_ids: tuple[int, ...] | None = field(default=None, compare=False)
+    end_logprob: float | None = field(default=None, compare=False)
 
     @property
     def logprob(self) -> float:
@@ -113,10 +120,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class Score:
-    """Log-probability of a given continuation: the total and one value per token."""
+    """Log-probability of a given continuation: the total and one value per token.
+
+    ``end_logprob`` (from ``score_complete`` only) is log p(end marker | prompt, continuation);
+    ``total`` then includes it: the log-probability of the continuation as a complete answer.
+    """
 
     total: float
     token_logprobs: tuple[float, ...]
+    end_logprob: float | None = None
 
 
 @runtime_checkable
@@ -151,13 +163,7 @@ def check_generate_args(prompts, n, temperature, max_tokens, stop, seed) -> tupl
     t = float(temperature)
     if not math.isfinite(t) or t < 0:
         raise QuasirlValueError(f"temperature must be finite and >= 0, got {temperature!r}")
-    if isinstance(stop, str):
-        stop = (stop,)
-    stop = tuple(stop or ())
-    for i, s in enumerate(stop):
-        if not isinstance(s, str) or not s:
-            raise QuasirlValueError(f"stop[{i}] must be a non-empty string, got {s!r}")
-    return prompts, n, t, max_tokens, stop, check_int("seed", seed)
+    return prompts, n, t, max_tokens, check_stop(stop), check_int("seed", seed)
 
 
 def check_prompts(name: str, prompts) -> list[str]:
@@ -189,17 +195,39 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def label_probs(lm: LM, prompts: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+def check_stop(stop) -> tuple[str, ...]:
+    """Stop strings as a tuple of non-empty strings (a single string is one stop string)."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    stop = tuple(stop or ())
+    for i, s in enumerate(stop):
+        if not isinstance(s, str) or not s:
+            raise QuasirlValueError(f"stop[{i}] must be a non-empty string, got {s!r}")
+    return stop
+
+
+def label_probs(lm: LM, prompts: Sequence[str], labels: Sequence[str],
+                end: Sequence[str] = ()) -> np.ndarray:
     """The survey trick: probabilities of evaluation labels, read instead of sampled.
 
-    For each prompt, p(label_j) = exp(l_j) / sum_i exp(l_i) with l_j = log p(label_j | prompt)
-    the model's raw log-probability of the whole label string (so multi-token labels are exact),
-    normalised over the label set. Returns an array [len(prompts), len(labels)] whose rows sum
-    to 1. A score that cannot be a log-probability (NaN, +inf, above 0) raises
-    :class:`LMValueError`; -inf is a label of probability 0.
+    For each prompt, p(label_j) = exp(l_j) / sum_i exp(l_i), normalised over the label set.
+    Without ``end``, l_j = log p(label_j | prompt) is the log-probability that the answer
+    *starts with* label j: a label that is a prefix of another (" 1" of " 10") also collects
+    the other's mass, and a short label collects the mass of every longer answer beginning with
+    it. With ``end`` (the end markers that follow a label in the prompt format, e.g. ("\n",))
+    each label is scored as a *complete* answer, l_j = log p(label_j, end | prompt), through
+    the backend's ``score_complete`` (local backends: end = an end-of-generation token or a
+    token whose text starts with an end marker; servers: the first end marker as text). A
+    backend without ``score_complete`` (SyntheticLM, whose label scores are already those of
+    complete verdicts) is scored with ``score``.
+
+    Returns an array [len(prompts), len(labels)] whose rows sum to 1. A score that cannot be a
+    log-probability (NaN, +inf, above 0) raises :class:`LMValueError`; -inf is a label of
+    probability 0.
     """
     prompts = check_prompts("prompts", prompts)
     labels = check_prompts("labels", labels)
+    end = check_stop(end)
     if len(labels) < 2:
         raise QuasirlValueError(f"labels must hold at least 2 labels, got {len(labels)}")
     if len(set(labels)) != len(labels):
@@ -208,7 +236,8 @@ def label_probs(lm: LM, prompts: Sequence[str], labels: Sequence[str]) -> np.nda
         return np.zeros((0, len(labels)))
     flat_p = [p for p in prompts for _ in labels]
     flat_c = [c for _ in prompts for c in labels]
-    scores = lm.score(flat_p, flat_c)
+    complete = getattr(lm, "score_complete", None) if end else None
+    scores = lm.score(flat_p, flat_c) if complete is None else complete(flat_p, flat_c, end)
     if len(scores) != len(flat_p):
         raise LMError(f"backend {getattr(lm, 'name', type(lm).__name__)} returned "
                       f"{len(scores)} scores for {len(flat_p)} (prompt, label) pairs")
@@ -256,3 +285,20 @@ class CachedLM:
                              strict=True):
                 self._score[pc] = s
         return [self._score[(p, c)] for p, c in zip(prompts, continuations, strict=True)]
+
+    def __getattr__(self, attr):
+        # score_complete only when the wrapped backend has it (label_probs asks with getattr)
+        if attr == "score_complete" and hasattr(self.lm, "score_complete"):
+            return self._score_complete
+        raise AttributeError(attr)
+
+    def _score_complete(self, prompts, continuations, end=("\n",)):
+        prompts, continuations = check_score_args(prompts, continuations)
+        end = check_stop(end)
+        keys = [(p, c, end) for p, c in zip(prompts, continuations, strict=True)]
+        todo = [k for k in dict.fromkeys(keys) if k not in self._score]
+        if todo:
+            got = self.lm.score_complete([k[0] for k in todo], [k[1] for k in todo], end)
+            for k, s in zip(todo, got, strict=True):
+                self._score[k] = s
+        return [self._score[k] for k in keys]
