@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._validate import QuasirlValueError, check_int, check_memory, is_concrete
+from .._validate import QuasirlValueError, check_int, check_memory, is_concrete, is_int
 
 
 def chunk_size(state_elements: int) -> int:
@@ -62,7 +62,7 @@ def check_save_at(save_at, generations: int, state_bytes: int) -> tuple[int, ...
     """``save_at``: generations (0..G) whose full state is returned, in the order given."""
     if save_at is None:
         return ()
-    if isinstance(save_at, int | np.integer) and not isinstance(save_at, bool):
+    if is_int(save_at):
         save_at = (save_at,)
     try:
         items = list(save_at)
