@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_http import JSONHandler
-from scipy.stats import mannwhitneyu, norm
+from scipy.stats import chi2, mannwhitneyu, norm
 
 import quasirl.lm as qlm
 from quasirl._validate import QuasirlValueError
@@ -95,7 +95,7 @@ def test_task_from_files(tmp_path):
     assert [i.answers for i in u.items] == [("x",), ("y",)]
     bad = tmp_path / "bad.csv"
     bad.write_text("question,answer\nx,y\n")
-    with pytest.raises(QuasirlValueError, match="needs columns 'query' and 'answers'"):
+    with pytest.raises(QuasirlValueError, match="needs a column 'query' and one answer column"):
         qlm.Task.from_file(bad)
     badj = tmp_path / "bad.jsonl"
     badj.write_text('{"query": "q"}\n')
@@ -665,23 +665,99 @@ def _assert_same_json(new, old, where=""):
         assert new == old, (where, new, old)
 
 
+def _assert_stored_kept(new, old, changed=(), where=""):
+    """Every stored key is still there with the same value (numbers to 1e-5), except the
+    paths in ``changed`` (``*`` matches any one key): those are computed differently now."""
+    if any(_path_match(where, c) for c in changed):
+        return
+    if isinstance(old, dict):
+        assert isinstance(new, dict) and set(old) <= set(new), (where, set(old) - set(new))
+        for k in old:
+            _assert_stored_kept(new[k], old[k], changed, f"{where}.{k}")
+    else:
+        _assert_same_json(new, old, where)
+
+
+def _path_match(path, pattern):
+    a, b = path.strip(".").split("."), pattern.split(".")
+    return len(a) == len(b) and all(y in ("*", x) for x, y in zip(a, b, strict=True))
+
+
 def test_validate_rewrites_the_stored_results_from_their_records(tmp_path):
-    # results/ was written by `quasirl lm validate --model gemma3-270m --task capitals`
-    # (defaults); rerun on copies of its records, the typed results' JSON is the same file
+    # results/ was written by `quasirl lm validate --model gemma3-270m --task capitals` with
+    # the defaults of its day, before disjoint pools (issue 17): rerun on copies of its records
+    # through the same building blocks (queries drawn without pools). Every stored number that
+    # is still computed the same way comes out the same; the rest is the issue-17 analysis of
+    # the same records, checked below.
+    from quasirl.lm.validate import _io
+
     for f in RESULTS.glob("*.jsonl"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    res = V.validate(_NoModel(), qlm.capitals(), tmp_path)
-    for name in ("exp1_calibration", "exp2_transfer", "exp3_prediction", "exp3_trajectory"):
-        _assert_same_json(json.loads((tmp_path / f"{name}.json").read_text()),
-                          json.loads((RESULTS / f"{name}.json").read_text()), name)
-    stored = json.loads((RESULTS / "exp2_transfer.json").read_text())
+    task, lm = qlm.capitals(), _NoModel()
+    common = {"temperature": 1.0, "k": 4, "n_demos": 8, "max_tokens": 12, "seed": 0,
+              "split_seed": 0}
+    header = {"lm": lm.name, "task": task.name}
+    recs1 = V.collect_calibration(lm, task, n_queries=100, samples_per_query=2,
+                                  records=tmp_path / _io.EXP1_RECORDS, **common)
+    assert "half" not in recs1[0]  # drawn before the pools: the former random split
+    cal = V.analyze_calibration(recs1, V.SIGNALS, acceptance="hard", n_boot=1000, seed=0)
+    _io.write_result(tmp_path / _io.EXP1_JSON, cal, **header)
+    answers, bank = V.exp2_bank(recs1, 4)
+    recs2 = V.collect_transfer(lm, task, n_queries=50, samples_per_query=2, bank=answers,
+                               records=tmp_path / _io.EXP2_RECORDS, **common)
+    tr = V.analyze_transfer(recs2, n_boot=1000, seed=0)
+    _io.write_result(tmp_path / _io.EXP2_JSON, tr, **header, bank=bank)
+    traj = V.trajectory(lm, task, cal, tr, signal="likelihood", rounds=3, queries_per_round=30,
+                        samples_per_query=4, records_dir=tmp_path,
+                        on_prediction=lambda p: _io.write_result(
+                            tmp_path / _io.EXP3_PREDICTION_JSON, p, **header), **common)
+    _io.write_result(tmp_path / _io.EXP3_JSON, traj, **header)
+    res = V.Validation(calibration=cal, transfer=tr, trajectory=traj, bank=bank)
+    new, old = ({name: json.loads((d / f"{name}.json").read_text()) for name in (
+        "exp1_calibration", "exp2_transfer", "exp3_prediction", "exp3_trajectory")}
+        for d in (tmp_path, RESULTS))
+    # computed differently since issue 17: the predictive bands (each arm's real acceptance,
+    # the buffer's noise carried through g), the joint test (paired contrasts instead of 13
+    # independent z-scores), coverage and the calibration line (round 0 included)
+    bands = ("arms.*.predictive", "arms.*.sd")
+    changed = {"exp3_prediction": bands,
+               "exp3_trajectory": tuple(f"prediction.{b}" for b in bands) + (
+                   "chi2", "dof", "p_value", "pass", "coverage", "arms.*.covered",
+                   "calibration_slope", "calibration_intercept")}
+    added = {"exp1_calibration": set(), "exp2_transfer": set(),
+             "exp3_prediction": {"contrasts", "contrast_param_cov", "arm_param_cov",
+                                 "criteria"},
+             "exp3_trajectory": {"contrasts", "criteria", "calibration_slope_ci",
+                                 "chi2_independent", "effective_dof"}}
+    for name in new:
+        _assert_stored_kept(new[name], old[name], changed.get(name, ()))
+        assert set(new[name]) - set(old[name]) == added[name], name
+    for s in V.SIGNALS:  # the former Bayes check is reported next to the new one
+        assert set(new["exp1_calibration"]["signals"][s]) - set(
+            old["exp1_calibration"]["signals"][s]) == {"bayes_calibration_half"}
+    stored = old["exp2_transfer"]
     assert res.bank == stored["bank"] == "exp1"
     tr = res.transfer
     assert (tr.a, tr.lam) == pytest.approx((stored["a"], stored["lam"]))
     np.testing.assert_allclose(tr.g([0.0, 1.0]), [tr.a, tr.a + tr.lam])
     assert tr.passed is stored["pass"] and tr.to_dict()["pass"] is stored["pass"]
     assert res.calibration.signals["likelihood"].bayes.passed is True
-    assert res.trajectory.comparison.coverage == "11/12"
+    # the issue-17 analysis of the stored Exp 3 records
+    c = res.trajectory.comparison
+    assert c.coverage == "12/13"  # round 0 included (the former count, 11/12, left it out)
+    z = np.concatenate([cc.z for cc in c.contrasts.values()])
+    assert c.dof == z.size == 9
+    np.testing.assert_allclose(c.chi2, np.sum(z**2), rtol=1e-10)
+    np.testing.assert_allclose(c.p_value, 0.1914, atol=5e-4)  # Mahalanobis / chi2(9): 0.084
+    assert 1 < c.effective_dof < 9  # the rounds share queries and parameter draws
+    # Box's scaled chi-square with the same two moments, Q ~ (k / nu) chi2(nu), roughly agrees
+    np.testing.assert_allclose(
+        c.p_value, chi2.sf(c.chi2 * c.effective_dof / c.dof, c.effective_dof), atol=0.03)
+    assert [(r.name, r.passed) for r in c.criteria] == [("joint_contrasts", True),
+                                                         ("each_contrast", True)]
+    lo, hi = c.calibration_slope_ci
+    assert lo < c.calibration_slope < hi and lo < 1 < hi
+    np.testing.assert_allclose(c.calibration_slope, 0.849, atol=1e-3)
     assert set(res.to_dict()) == {"exp1", "exp2", "exp3"}
 
 

@@ -13,21 +13,34 @@ from quasirl._jsonio import write_json
 EXAMPLE = ("Example: quasirl lm validate --model gemma3-270m --task capitals "
            "--out quasirl-out/lm   (or --server http://127.0.0.1:8000, or --model synthetic)")
 
+SCORING = ("Servers that cannot score prompts: the survey signals (yesno, scale5) score "
+           "labels after a prompt, which a server does through 'echo' log-probabilities. "
+           "quasirl probes this once; a server that fails the probe (llama-cpp-python's server "
+           "0.3.x shifts echo log-probs by one token) stops the run with 'server ... cannot "
+           "score prompts'. Generation and the likelihood and gold signals still work: pass "
+           "--signals likelihood,gold (and --signal likelihood), or use a server that scores "
+           "prompts correctly (e.g. vLLM) or a local backend (--model gemma3-270m | "
+           "smollm2-135m | PATH.gguf with --backend llamacpp | transformers).")
+
 lm_app = typer.Typer(
     help="Real language-model populations: self-evaluation, the chaining loop, and theory "
          "against runs. Models come from Python packages (gemma3-270m, smollm2-135m), a .gguf "
-         "file, a transformers folder, a server (--server) or 'synthetic' (known rates).",
-    no_args_is_help=True, epilog=EXAMPLE)
+         "file, a transformers folder, a server (--server) or 'synthetic' (known rates).\n\n"
+         + SCORING, no_args_is_help=True, epilog=EXAMPLE)
 
 _OUT = typer.Option(Path("quasirl-out/lm"), help="output folder (records, JSON, PNG)")
 _MODEL = typer.Option("gemma3-270m", help="gemma3-270m | smollm2-135m | PATH.gguf | FOLDER | "
                       "synthetic[:eps0=..,tpr=..,fpr=..,lam=..]")
-_SERVER = typer.Option(None, help="URL of a running OpenAI-compatible server (overrides --model)")
+_SERVER = typer.Option(None, help="URL of a running OpenAI-compatible server (overrides --model); "
+                       "if it cannot score prompts, use --signals likelihood,gold")
 _TASK = typer.Option("capitals", help="capitals | arithmetic[D] | FILE.csv | FILE.jsonl")
 _BACKEND = typer.Option("llamacpp", help="llamacpp | transformers (local GGUF models)")
 _THREADS = typer.Option(None, help="CPU threads for local models (default: all cores, max 8)")
 _TEMP = typer.Option(1.0, help="sampling temperature T")
-_SEED = typer.Option(0, help="seed of every random choice")
+_SEED = typer.Option(0, help="seed of every random choice, including which items are queries "
+                     "(unless --split-seed is given)")
+_SPLIT_SEED = typer.Option(None, help="seed of the split of the task's items into "
+                           "demonstrations and disjoint query pools (default: --seed)")
 _QUICK = typer.Option(False, help="tiny sizes (for tests)")
 _TIMEOUT = typer.Option(None, help="with --server: seconds one request attempt may take "
                         "(default 30)")
@@ -131,9 +144,11 @@ def _print_trajectory(tj, console) -> None:
 
     c, pred = tj.comparison, tj.prediction
     p = "n/a" if c.p_value is None else f"{c.p_value:.3f}"
-    t = Table(title=f"Exp 3 trajectory ({pred.signal}): chi2 = {c.chi2:.2f} on {c.dof} "
-                    f"points, p = {p}: {_verdict(c.passed)}; inside 95% bands {c.coverage}; "
-                    f"calibration slope {c.calibration_slope or float('nan'):.2f}")
+    lo, hi = c.calibration_slope_ci
+    t = Table(title=f"Exp 3 trajectory ({pred.signal}): contrasts' sum of z^2 = {c.chi2:.2f} "
+                    f"on {c.dof} points, p = {p}: {_verdict(c.passed)}; inside 95% bands "
+                    f"{c.coverage}; calibration slope "
+                    f"{c.calibration_slope or float('nan'):.2f} [{lo:.2f}, {hi:.2f}]")
     for col in ("arm", "round", "predicted", "predictive 95%", "observed", "Wilson 95%"):
         t.add_column(col, justify="right")
     for arm, o in c.arms.items():
@@ -158,7 +173,13 @@ def _figures(out: Path, calibration=None, transfer=None, trajectory=None) -> Non
             savefig(figure(result.to_dict()), out / f"{name}.png")
 
 
-@lm_app.command("calibrate", epilog="Example: quasirl lm calibrate --model smollm2-135m")
+@lm_app.command("calibrate", epilog="Example: quasirl lm calibrate --model smollm2-135m",
+                help="Exp 1: error rate, and AUROC / TPR / FPR / one-step Bayes check per "
+                     "fitness signal. The queries are validate's Exp 1 pool for the same "
+                     "--queries and seeds, so `quasirl lm validate` resumes these records."
+                     "\n\nA server that cannot score prompts fails at the first survey "
+                     "signal ('cannot score prompts'): pass --signals likelihood,gold, or see "
+                     "`quasirl lm --help`.")
 def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                   backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
                   timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
@@ -168,7 +189,8 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                                               help="comma-separated fitness signals"),
                   acceptance: str = typer.Option("hard", help="hard | soft"),
                   k: int = typer.Option(4, help="gold demonstrations in each prompt"),
-                  temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
+                  temperature: float = _TEMP, seed: int = _SEED,
+                  split_seed: int = _SPLIT_SEED, quick: bool = _QUICK) -> None:
     """Exp 1: error rate, and AUROC / TPR / FPR / one-step Bayes check per fitness signal."""
     from rich.console import Console
 
@@ -177,10 +199,14 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     _finite("--temperature", temperature, 0.0)
     if quick:
         queries, samples = 10, 2
+    split_seed = seed if split_seed is None else split_seed
     lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     sig = tuple(s.strip() for s in signals.split(",") if s.strip())
-    recs = V.collect_calibration(lm, t, signals=sig, n_queries=queries, samples_per_query=samples,
+    pools = V.draw_pools(t, n_demos=8, exp1_queries=queries, exp2_queries=0, exp3_queries=0,
+                         split_seed=split_seed)
+    recs = V.collect_calibration(lm, t, signals=sig, samples_per_query=samples,
                                  temperature=temperature, k=k, seed=seed,
+                                 split_seed=split_seed, pools=pools,
                                  records=out / "exp1_calibration.jsonl",
                                  progress=_progress("Exp 1", queries * samples))
     cal = V.analyze_calibration(recs, sig, acceptance=acceptance, seed=seed,
@@ -190,7 +216,11 @@ def calibrate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     _print_calibration(cal, Console())
 
 
-@lm_app.command("transfer", epilog="Example: quasirl lm transfer --model gemma3-270m")
+@lm_app.command("transfer", epilog="Example: quasirl lm transfer --model gemma3-270m",
+                help="Exp 2: eps_next = g(b) after contexts with a wrong fraction b; fit "
+                     "g(b) = a + lam b. The queries are validate's Exp 2 pool for the same "
+                     "sizes and seeds (disjoint from Exp 1's), so `quasirl lm validate` resumes "
+                     "these records.")
 def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                  backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
                  timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
@@ -202,7 +232,11 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                                           "own Exp 1 answers in --out), gold (gold pairs, "
                                           "other items' answers as mistakes), auto (exp1 when "
                                           "present)"),
-                 temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
+                 exp1_queries: int = typer.Option(40, help="size of the Exp 1 pool that the Exp "
+                                                  "2 pool follows (default: that of the Exp 1 "
+                                                  "records in --out, if any)"),
+                 temperature: float = _TEMP, seed: int = _SEED,
+                 split_seed: int = _SPLIT_SEED, quick: bool = _QUICK) -> None:
     """Exp 2: eps_next = g(b) after contexts with a wrong fraction b; fit g(b) = a + lam b."""
     from rich.console import Console
 
@@ -211,6 +245,7 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     _finite("--temperature", temperature, 0.0)
     if quick:
         queries, samples = 6, 1
+    split_seed = seed if split_seed is None else split_seed
     lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     try:
         bvals = tuple(float(b) for b in bs.split(","))
@@ -221,14 +256,20 @@ def transfer_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
         raise _bad(f"--bank must be auto, exp1 or gold, got {bank!r}")
     use_exp1 = bank == "exp1" or (bank == "auto" and exp1.exists())
     answers = None
-    if use_exp1:
+    if exp1.exists():
         from quasirl.lm import read_records
 
-        answers, note = V.exp2_bank(read_records(exp1)[1], k)
+        meta1, recs1 = read_records(exp1)
+        exp1_queries = meta1["n_queries"]
+    if use_exp1:
+        answers, note = V.exp2_bank(recs1, k)
         if answers is None:
             print(f"Exp 2 contexts: {note}", file=sys.stderr)
-    recs = V.collect_transfer(lm, t, bs=bvals, k=k, n_queries=queries, samples_per_query=samples,
+    pools = V.draw_pools(t, n_demos=8, exp1_queries=exp1_queries, exp2_queries=queries,
+                         exp3_queries=0, split_seed=split_seed)
+    recs = V.collect_transfer(lm, t, bs=bvals, k=k, samples_per_query=samples,
                               temperature=temperature, seed=seed, bank=answers,
+                              split_seed=split_seed, pools=pools,
                               records=out / "exp2_transfer.jsonl",
                               progress=_progress("Exp 2", len(bvals) * queries * samples))
     tr = V.analyze_transfer(recs, seed=seed, n_boot=200 if quick else 1000)
@@ -289,7 +330,19 @@ def run_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     Console().print(table)
 
 
-@lm_app.command("validate", epilog=EXAMPLE)
+VALIDATE_HELP = (
+    "Exp 1, Exp 2, then Exp 3: predict the trajectory from the measured ingredients, run the "
+    "loop (filtered, unfiltered, random, oracle) and compare. Resumes from --out.\n\n"
+    "The task's items are split by --split-seed (default --seed) into 8 demonstrations and "
+    "disjoint query pools for Exp 1, Exp 2 and Exp 3, which need 8 + exp1-queries + "
+    "exp2-queries + (rounds + 1) * queries items (192 by default; capitals has 195). "
+    "manifest.json lists the pools and stage times; prediction.json pre-registers the "
+    "prediction (with its SHA-256, carried by every Exp 3 record) before any Exp 3 sample.\n\n"
+    "A server that cannot score prompts fails at the first survey signal ('cannot score "
+    "prompts'): pass --signals likelihood,gold, or see `quasirl lm --help`.")
+
+
+@lm_app.command("validate", epilog=EXAMPLE, help=VALIDATE_HELP)
 def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                  backend: str = _BACKEND, threads: int = _THREADS, out: Path = _OUT,
                  timeout: float = _TIMEOUT, retry_budget: float = _BUDGET,
@@ -299,28 +352,35 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                                              help="signals measured in Exp 1 (a server that "
                                                   "cannot score prompts: likelihood,gold)"),
                  acceptance: str = typer.Option("hard", help="hard | soft"),
-                 rounds: int = typer.Option(3, help="selection rounds"),
-                 queries: int = typer.Option(30, help="fresh queries per round (Exp 3)"),
+                 exp1_queries: int = typer.Option(40, help="Exp 1 queries (>= 4; half choose "
+                                                  "the thresholds, half measure the rates)"),
+                 exp1_samples: int = typer.Option(4, help="samples per Exp 1 query"),
+                 exp2_queries: int = typer.Option(24, help="Exp 2 queries (>= 2)"),
+                 exp2_samples: int = typer.Option(2, help="samples per Exp 2 query and b"),
+                 rounds: int = typer.Option(3, help="selection rounds (>= 1)"),
+                 queries: int = typer.Option(30, help="fresh queries per round (Exp 3), shared "
+                                             "by the arms"),
                  samples: int = typer.Option(4, help="samples per query (Exp 3)"),
-                 temperature: float = _TEMP, seed: int = _SEED, quick: bool = _QUICK) -> None:
-    """Exp 1, Exp 2, then Exp 3: predict the trajectory from the measured ingredients, run
-    the loop (filtered, unfiltered, random, oracle) and compare. Resumes from --out."""
+                 n_boot: int = typer.Option(1000, help="bootstrap replicates"),
+                 temperature: float = _TEMP, seed: int = _SEED,
+                 split_seed: int = _SPLIT_SEED, quick: bool = _QUICK) -> None:
+    """Exp 1, Exp 2, then Exp 3 on disjoint query pools (see VALIDATE_HELP)."""
     from rich.console import Console
 
     from quasirl.lm import validate as V
 
     _finite("--temperature", temperature, 0.0)
     lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
-    sizes = {}
     if quick:
-        sizes = {"exp1_queries": 10, "exp2_queries": 6, "exp2_samples": 1, "n_boot": 200}
-        rounds, queries, samples = 2, 4, 2
+        exp1_queries, exp1_samples, exp2_queries, exp2_samples = 10, 2, 6, 1
+        rounds, queries, samples, n_boot = 2, 4, 2, 200
     sig = tuple(x.strip() for x in signals.split(",") if x.strip())
     res = V.validate(lm, t, out, signal=signal, signals=sig, acceptance=acceptance,
-                     rounds=rounds,
-                     queries_per_round=queries, samples_per_query=samples,
-                     temperature=temperature, seed=seed, progress_factory=_progress,
-                     **sizes)
+                     exp1_queries=exp1_queries, exp1_samples=exp1_samples,
+                     exp2_queries=exp2_queries, exp2_samples=exp2_samples, rounds=rounds,
+                     queries_per_round=queries, samples_per_query=samples, n_boot=n_boot,
+                     temperature=temperature, seed=seed, split_seed=split_seed,
+                     progress_factory=_progress)
     _figures(out, res.calibration, res.transfer, res.trajectory)
     console = Console()
     _print_calibration(res.calibration, console)

@@ -15,6 +15,11 @@ checksum is an error naming the file and the line: corrupt data is never trusted
 changed. Records are seeded by their position, so deleting that line and resuming recomputes
 exactly the record it held; nothing is lost. Lines without a checksum (files written before
 checksums existed) load as before, and resuming such a file appends records with checksums.
+
+Stamps. Inside ``with stamped(prediction_sha256=h):`` every RecordLog opened carries those fields
+in its configuration line (so a file of another stamp is refused on resume) and in every record
+it appends: Exp 3's record files carry the hash of the pre-registered prediction this way,
+although the chaining loop that writes them knows nothing about it.
 """
 
 from __future__ import annotations
@@ -23,11 +28,28 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from .._validate import QuasirlValueError
 
 CHECKSUM = "_sha256"
+_STAMP: ContextVar[tuple] = ContextVar("quasirl_record_stamp", default=())  # (key, value)s
+
+
+@contextmanager
+def stamped(**fields) -> Iterator[dict]:
+    """Every RecordLog opened inside carries ``fields`` in its configuration and its records
+    (nested stamps merge; see the module docstring)."""
+    _refuse_nonfinite(fields, "stamp")
+    merged = {**dict(_STAMP.get()), **fields}
+    token = _STAMP.set(tuple(merged.items()))
+    try:
+        yield merged
+    finally:
+        _STAMP.reset(token)
 
 
 def _refuse_constant(name: str):
@@ -135,11 +157,18 @@ class RecordLog:
         on resume.
       key_fields: the record fields that identify a record (no two records share a key).
 
-    Records read back or appended are plain dicts without the checksum field.
+    Records read back or appended are plain dicts without the checksum field. Fields of an
+    enclosing :func:`stamped` are added to ``meta`` and to every appended record.
     """
 
     def __init__(self, path, meta: dict, key_fields: tuple[str, ...]):
         self.path = None if path is None else Path(path)
+        self.stamp = dict(_STAMP.get())
+        clash = sorted(k for k in self.stamp if k in meta and meta[k] != self.stamp[k])
+        if clash:
+            raise QuasirlValueError(f"run configuration: field(s) {', '.join(clash)} differ "
+                                    "from the stamp of the enclosing stamped()")
+        meta = {**meta, **self.stamp}
         _refuse_nonfinite(meta, "run configuration")
         header = _encode({"_meta": meta}, "run configuration")
         self.meta = json.loads(header)["_meta"]
@@ -196,7 +225,11 @@ class RecordLog:
 
         A record holding NaN or an infinity is refused (QuasirlValueError naming the field)."""
         what = f"record {tuple(rec.get(k) for k in self.key_fields)}"
-        line = _encode(rec, what)
+        clash = sorted(k for k in self.stamp if k in rec and rec[k] != self.stamp[k])
+        if clash:
+            raise QuasirlValueError(f"{what}: field(s) {', '.join(clash)} differ from the "
+                                    "record file's stamp")
+        line = _encode({**rec, **self.stamp}, what)
         parsed = json.loads(line)
         del parsed[CHECKSUM]
         self._add(parsed, where="append")

@@ -14,7 +14,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .._validate import QuasirlValueError
+from .._validate import QuasirlValueError, check_int
 from ._fitness import SCALES
 from ._tasks import Task, normalize
 from ._types import (
@@ -48,33 +48,94 @@ class SyntheticLM:
     wrong answers, so the own-likelihood AUROC is Phi(1.5 / (0.6 * sqrt 2)) ~ 0.961.
     The temperature is ignored except T = 0, which returns the correct answer when g(b) < 1/2.
 
+    Per-query difficulty (``difficulty_sd`` = sigma > 0): query q has its own no-context error
+    rate eps0_q with logit(eps0_q) = logit(eps0) + sigma z_q, z_q ~ N(0, 1) fixed by the seed
+    and the query's id, and answers wrongly with g_q(b) = (1 - lam) eps0_q + lam b. Averaged
+    over queries this is g(b) = (1 - lam) m + lam b, still a line, with m = E[eps0_q] the
+    logit-normal mean (:attr:`marginal_eps0`), so the boosting recurrence holds for the
+    marginal error with eps* = m; the samples of one query are correlated, with intraclass
+    correlation (1 - lam)^2 Var(eps0_q) / (g(b) (1 - g(b))) at a fixed b (:meth:`icc`). Blocks of
+    queries then differ in difficulty as real ones do. sigma = 0 (the default) is the model
+    without difficulty, bit for bit.
+
     Args:
       task: the task whose prompts it answers.
       eps0, tpr, fpr, lam: the true parameters (each in [0, 1]).
-      seed: fixes the model's judgements and likelihoods (sampling has its own seeds).
+      seed: fixes the model's judgements, likelihoods and query difficulties (sampling has its
+        own seeds).
+      difficulty_sd: sigma, the standard deviation of the queries' logit error rates (>= 0).
       delay: seconds to sleep per generated sample (to test interruption of slow runs).
     """
 
     LIKELIHOOD_Z = ((-1.0, 0.6), (0.5, 0.6))  # (mean, sd) of z for correct, wrong
 
     def __init__(self, task: Task, eps0: float, tpr: float, fpr: float, lam: float,
-                 seed: int = 0, delay: float = 0.0, name: str = "synthetic"):
+                 seed: int = 0, delay: float = 0.0, name: str = "synthetic",
+                 difficulty_sd: float = 0.0):
         if not isinstance(task, Task):
             raise QuasirlValueError(f"task must be a Task, got {type(task).__name__}")
         for nm, v in (("eps0", eps0), ("tpr", tpr), ("fpr", fpr), ("lam", lam)):
             if not (is_real_number(v) and 0.0 <= v <= 1.0):
                 raise QuasirlValueError(f"{nm} must be a number in [0, 1], got {v!r}")
+        if not (is_real_number(difficulty_sd) and 0.0 <= difficulty_sd < math.inf):
+            raise QuasirlValueError(
+                f"difficulty_sd must be a finite number >= 0, got {difficulty_sd!r}")
         self.task, self.eps0, self.tpr, self.fpr, self.lam = task, eps0, tpr, fpr, lam
-        self.seed, self.delay, self.name = int(seed), float(delay), name
+        self.seed, self.delay, self.name = check_int("seed", seed), float(delay), name
+        self.difficulty_sd = float(difficulty_sd)
+
+    def _varies(self) -> bool:
+        """Whether queries differ in difficulty (sigma > 0 and eps0 strictly inside (0, 1))."""
+        return self.difficulty_sd > 0 and 0.0 < self.eps0 < 1.0
+
+    def difficulty(self, item_id: str) -> float:
+        """z_q: the query's standard-normal difficulty (fixed by the seed and the item id)."""
+        return _ND.inv_cdf(_uniform(self.seed, "difficulty", item_id))
+
+    def query_eps0(self, item_id: str) -> float:
+        """eps0_q = expit(logit(eps0) + sigma z_q): the query's error rate without context."""
+        if not self._varies():
+            return self.eps0
+        x = math.log(self.eps0 / (1 - self.eps0)) + self.difficulty_sd * self.difficulty(item_id)
+        return 1.0 / (1.0 + math.exp(-x)) if x > -700 else 0.0
+
+    def _eps0_moments(self) -> tuple[float, float]:
+        """(mean, variance) of eps0_q over queries: Gauss-Hermite quadrature, 200 nodes."""
+        if not self._varies():
+            return self.eps0, 0.0
+        x, wt = np.polynomial.hermite_e.hermegauss(200)
+        wt = wt / wt.sum()
+        p = 1.0 / (1.0 + np.exp(-(math.log(self.eps0 / (1 - self.eps0))
+                                  + self.difficulty_sd * x)))
+        m = float(wt @ p)
+        return m, float(wt @ (p - m) ** 2)
+
+    @property
+    def marginal_eps0(self) -> float:
+        """m = E[eps0_q]: the error rate without context averaged over queries (= eps0 when
+        sigma = 0); the fixed point eps* of the marginal transfer function."""
+        return self._eps0_moments()[0]
+
+    def icc(self, b: float | None = None) -> float:
+        """Intraclass correlation of wrong answers within a query at wrong fraction b (None: no
+        context): Var_q(g_q(b)) / (g(b) (1 - g(b))), g the marginal transfer function."""
+        m, v = self._eps0_moments()
+        scale = 1.0 if b is None else (1 - self.lam)
+        mean = m if b is None else (1 - self.lam) * m + self.lam * b
+        den = mean * (1 - mean)
+        return float(scale**2 * v / den) if den > 0 else 0.0
 
     @property
     def likelihood_auroc(self) -> float:
         (mc, sc), (mw, sw) = self.LIKELIHOOD_Z
         return _ND.cdf((mw - mc) / math.hypot(sc, sw))
 
-    def error_rate(self, b: float | None) -> float:
-        """g(b): the probability of a wrong answer after demonstrations with wrong fraction b."""
-        return self.eps0 if b is None else (1 - self.lam) * self.eps0 + self.lam * b
+    def error_rate(self, b: float | None, item_id: str | None = None) -> float:
+        """g(b): the probability of a wrong answer after demonstrations with wrong fraction b
+        (b None: no demonstrations); with ``item_id``, g_q(b) of that query, else the marginal
+        g(b) over queries (the two agree when sigma = 0)."""
+        e0 = self.marginal_eps0 if item_id is None else self.query_eps0(item_id)
+        return e0 if b is None else (1 - self.lam) * e0 + self.lam * b
 
     def _logprob(self, item, answer: str) -> float:
         correct = self.task.check(item, answer)
@@ -95,7 +156,7 @@ class SyntheticLM:
         for i, prompt in enumerate(prompts):
             item, demos = self.task.parse_prompt(prompt)
             b = (sum(not self.task.check(d, a) for d, a in demos) / len(demos)) if demos else None
-            p_err = self.error_rate(b)
+            p_err = self.error_rate(b, item.id) if self._varies() else self.error_rate(b)
             row = []
             for j in range(n):
                 rng = np.random.default_rng(sample_seed(seed, i, j))
@@ -133,8 +194,9 @@ class SyntheticLM:
 
 
 def synthetic_from_spec(spec: str, task: Task) -> SyntheticLM:
-    """``"synthetic"`` or ``"synthetic:eps0=0.4,tpr=0.8,fpr=0.3,lam=0.5,seed=0"``."""
-    params = {"eps0": 0.4, "tpr": 0.8, "fpr": 0.3, "lam": 0.5, "seed": 0}
+    """``"synthetic"`` or ``"synthetic:eps0=0.4,tpr=0.8,fpr=0.3,lam=0.5,seed=0"`` (optionally
+    with ``difficulty_sd=...``)."""
+    params = {"eps0": 0.4, "tpr": 0.8, "fpr": 0.3, "lam": 0.5, "seed": 0, "difficulty_sd": 0.0}
     _, _, rest = spec.partition(":")
     for i, part in enumerate(p for p in rest.split(",") if p.strip()):
         key, eq, val = part.partition("=")

@@ -96,6 +96,7 @@ class Task:
     _by_question: dict = field(default_factory=dict, repr=False, compare=False)
     _by_eval_question: dict = field(default_factory=dict, repr=False, compare=False)
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    _fixed_split: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -213,7 +214,14 @@ class Task:
 
     # -- splits and identity -----------------------------------------------------------
     def split(self, n_demos: int, seed: int = 0) -> tuple[tuple[Item, ...], tuple[Item, ...]]:
-        """A seeded permutation of the items cut into (demonstration pool, query pool)."""
+        """A seeded permutation of the items cut into (demonstration pool, query pool); for a
+        task made by :meth:`with_split`, its fixed split (``seed`` unused, ``n_demos`` checked)."""
+        if self._fixed_split is not None:
+            demos, queries = self._fixed_split
+            if n_demos != len(demos):
+                raise QuasirlValueError(f"n_demos must be {len(demos)} (the fixed split of task "
+                                        f"{self.name!r}), got {n_demos}")
+            return demos, queries
         if not 0 <= n_demos < len(self.items):
             raise QuasirlValueError(
                 f"n_demos must be in [0, {len(self.items) - 1}], got {n_demos}")
@@ -225,12 +233,36 @@ class Task:
         """Hash of the items, templates and checker kind (stored with run records)."""
         if "fingerprint" in self._memo:
             return self._memo["fingerprint"]
-        blob = json.dumps([self.name, self.question, self.instruction, self.kind, self.style,
-                           self.eval_question,
-                           [(i.id, i.query, list(i.answers)) for i in self.items]])
+        parts = [self.name, self.question, self.instruction, self.kind, self.style,
+                 self.eval_question, [(i.id, i.query, list(i.answers)) for i in self.items]]
+        if self._fixed_split is not None:
+            parts.append([[i.id for i in p] for p in self._fixed_split])
+        blob = json.dumps(parts)
         fp = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self._memo["fingerprint"] = fp  # the task is immutable
         return fp
+
+    def with_split(self, demos: Sequence[str], queries: Sequence[str]) -> Task:
+        """The same task (all items, templates, checker) whose :meth:`split` returns exactly
+        these demonstrations and queries (item ids, in this order): a run's query pool drawn
+        elsewhere, e.g. ``quasirl.lm.validate``'s disjoint Exp 3 pool. Its fingerprint covers
+        the split, so records of another split are never resumed."""
+        by_id = {it.id: it for it in self.items}
+        fixed = []
+        for name, ids in (("demos", demos), ("queries", queries)):
+            if isinstance(ids, str):
+                raise QuasirlValueError(f"{name} must be a sequence of item ids, got {ids!r}")
+            missing = [i for i in ids if i not in by_id]
+            if missing:
+                raise QuasirlValueError(f"{name} names item(s) {missing[:5]} not in task "
+                                        f"{self.name!r}")
+            fixed.append(tuple(by_id[i] for i in ids))
+        ids = [it.id for p in fixed for it in p]
+        if len(set(ids)) != len(ids):
+            raise QuasirlValueError("demos and queries must name distinct items")
+        return Task(name=self.name, items=self.items, question=self.question,
+                    instruction=self.instruction, kind=self.kind, style=self.style,
+                    eval_question=self.eval_question, _fixed_split=tuple(fixed))
 
     def item(self, item_id: str) -> Item:
         for it in self.items:
@@ -262,8 +294,9 @@ class Task:
     def from_file(cls, path, name: str | None = None, question: str = "{query}",
                   instruction: str = "", kind: str = "text", style: str = "qa",
                   eval_question: str | None = None) -> Task:
-        """A task from a CSV (columns ``query``, ``answers`` with ``|`` between accepted answers,
-        optional ``id``) or a JSONL file (``{"query": ..., "answers": [...]}`` per line)."""
+        """A task from a CSV (columns ``query`` and ``answers`` or ``answer``, with ``|`` between
+        accepted answers, optional ``id``) or a JSONL file (``{"query": ..., "answers": [...]}``
+        or ``"answer"`` per line)."""
         path = Path(path)
         if not path.is_file():
             raise QuasirlValueError(f"path must be an existing file, got {str(path)!r}")
@@ -283,12 +316,17 @@ class Task:
         else:
             with path.open(encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)
-                if not {"query", "answers"} <= set(reader.fieldnames or ()):
+                cols = set(reader.fieldnames or ())
+                ans = [c for c in ("answers", "answer") if c in cols]
+                if "query" not in cols or len(ans) != 1:
                     raise QuasirlValueError(
-                        f"{path}: CSV needs columns 'query' and 'answers', got {reader.fieldnames}")
-                for r in reader:
+                        f"{path}: CSV needs a column 'query' and one answer column, 'answers' or "
+                        f"'answer' ('|' between accepted answers), got {reader.fieldnames}")
+                for n, r in enumerate(reader, 2):
+                    if r[ans[0]] is None or r["query"] is None:
+                        raise QuasirlValueError(f"{path}:{n}: row has too few fields")
                     rows.append((r.get("id") or str(len(rows)), r["query"],
-                                 tuple(a.strip() for a in r["answers"].split("|"))))
+                                 tuple(a.strip() for a in r[ans[0]].split("|"))))
         items = tuple(Item(id=i, query=q, answers=a) for i, q, a in rows)
         return cls(name=name or path.stem, items=items, question=question,
                    instruction=instruction, kind=kind, style=style, eval_question=eval_question)

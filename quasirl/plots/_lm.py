@@ -127,7 +127,7 @@ def trajectory_figure(traj: dict):
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=7)
     p = traj.get("p_value")
     fig.suptitle(f"chaining trajectory, signal: "
-                 f"{_SIGNAL_NAMES.get(traj['prediction']['signal'], '')}; chi2 p = "
+                 f"{_SIGNAL_NAMES.get(traj['prediction']['signal'], '')}; joint p = "
                  f"{'n/a' if p is None else f'{p:.3f}'}; slope = "
                  f"{traj.get('calibration_slope') or float('nan'):.2f}", fontsize=9)
     return fig

@@ -15,9 +15,15 @@ Three experiments, each resumable from its JSONL records and each with a pass/fa
 * **Exp 3, trajectory** (:func:`trajectory`): eps_1 .. eps_R predicted from the measured
   (eps, TPR, FPR, g) with ``quasirl.selection.adapt_trajectory`` and a parametric bootstrap over
   the ingredients' uncertainty, *then* the chaining loop is run (filtered arm and the controls:
-  unfiltered, random acceptance at the filtered arm's rate, oracle). Pass: the observed eps_n
-  agree with the predictive bands (chi-square over all arms and rounds, p > 0.05); the
-  calibration slope of observed on predicted is reported.
+  unfiltered, random acceptance at the filtered arm's rate, oracle). The arms share each
+  round's queries, so the primary test is on the paired contrasts filtered - unfiltered,
+  oracle - unfiltered and filtered - random (round difficulty cancels), predicted with their
+  parameter covariance and the pass criteria written into the :class:`Prediction`. Pass: the
+  joint Mahalanobis test of the contrasts (covariance = parameter draws + query cluster
+  bootstrap, carried through g) has p > 0.05 and every contrast lies in its Bonferroni
+  interval. Reported besides: each arm's eps_n with its cluster bootstrap interval against
+  its predictive band (round 0 included), the calibration slope with its interval, and two
+  Bayes checks in Exp 1 (the current one and the calibration-half one it replaced).
 
 :func:`validate` runs all three on one folder. Results are typed (:class:`Calibration`,
 :class:`Transfer`, :class:`Prediction`, :class:`Comparison`, :class:`Trajectory`,
@@ -25,12 +31,22 @@ Three experiments, each resumable from its JSONL records and each with a pass/fa
 ``quasirl.plots`` draws the figures. Uncertainty comes from resampling queries (cluster
 bootstrap).
 
-Modules: ``_experiments`` (sampling and the chaining arms), ``_statistics`` (analyses of the
+Design: disjoint query pools drawn by a split seed (:func:`draw_pools`, :class:`Pools`), the
+run manifest and the pre-registered prediction (:func:`read_manifest`, :func:`read_prediction`,
+:func:`register_prediction`).
+
+Modules: ``_design`` (pools, manifest, pre-registration), ``_experiments`` (sampling and the
+chaining arms), ``_statistics`` (analyses of the
 records), ``_theory`` (the prediction), ``_results`` (the typed results), ``_io`` (file names and
 JSON), ``_run`` (:func:`validate`).
 """
 
 from .._fitness import SIGNALS as SIGNALS
+from ._design import Pools as Pools
+from ._design import draw_pools as draw_pools
+from ._design import read_manifest as read_manifest
+from ._design import read_prediction as read_prediction
+from ._design import register_prediction as register_prediction
 from ._experiments import bank_from_records as bank_from_records
 from ._experiments import calibrate as calibrate
 from ._experiments import collect_calibration as collect_calibration
@@ -43,6 +59,10 @@ from ._results import ArmPrediction as ArmPrediction
 from ._results import BayesCheck as BayesCheck
 from ._results import Calibration as Calibration
 from ._results import Comparison as Comparison
+from ._results import ContrastComparison as ContrastComparison
+from ._results import ContrastPrediction as ContrastPrediction
+from ._results import Criterion as Criterion
+from ._results import CriterionResult as CriterionResult
 from ._results import Ingredients as Ingredients
 from ._results import Prediction as Prediction
 from ._results import Roc as Roc

@@ -15,9 +15,10 @@ import numpy as np
 from ..._validate import QuasirlValueError, check_int
 from .._chaining import ARMS, ChainResult, checked_fitness, checked_samples, run_chaining
 from .._fitness import SIGNALS, check_signals, get_fitness
-from .._records import RecordLog
+from .._records import RecordLog, stamped
 from .._tasks import Task
 from .._types import LM, CachedLM, check_number, sample_seed
+from ._design import Pools, items_of, sha256_json
 from ._io import arm_records
 from ._results import Calibration, Prediction, Trajectory, Transfer
 from ._statistics import analyze_calibration, analyze_transfer, compare
@@ -31,27 +32,43 @@ from ._theory import predict_trajectory
 def collect_calibration(lm: LM, task: Task, *, signals=SIGNALS, n_queries: int = 120,
                         samples_per_query: int = 2, temperature: float = 1.0, k: int = 4,
                         n_demos: int = 8, max_tokens: int = 12, seed: int = 0,
-                        split_seed: int = 0, records=None, progress=None) -> list[dict]:
+                        split_seed: int = 0, pools: Pools | None = None, records=None,
+                        progress=None) -> list[dict]:
     """Exp 1 data: N samples for each of ``n_queries`` queries after k gold demonstrations,
-    every fitness signal evaluated on every sample. Returns the records (resumable file)."""
+    every fitness signal evaluated on every sample. Returns the records (resumable file).
+
+    With ``pools`` (see ``draw_pools``) the queries are its Exp 1 threshold half then its rate
+    half (``n_queries`` unused), each record naming its ``half``; without, ``n_queries`` drawn
+    from the task's query pool by ``seed``."""
     signals = check_signals(signals)
-    n_queries = check_int("n_queries", n_queries, 1)
     n_per = check_int("samples_per_query", samples_per_query, 1)
     k = check_int("k", k, 1)
     temperature = check_number("temperature", temperature, 0.0)
     demos, pool = task.split(check_int("n_demos", n_demos, k), split_seed)
-    if n_queries > len(pool):
-        raise QuasirlValueError(
-            f"n_queries must be <= {len(pool)} (the query pool of task {task.name!r}), "
-            f"got {n_queries}")
-    order = np.random.default_rng(sample_seed(seed, 101)).permutation(len(pool))
-    queries = [pool[i] for i in order[:n_queries]]
+    if pools is not None:
+        if tuple(d.id for d in demos) != pools.demos:
+            raise QuasirlValueError("pools must be drawn with this n_demos and split_seed")
+        queries = list(items_of(task, pools.exp1))
+        half = {q: "threshold" for q in pools.exp1_threshold} | \
+            {q: "rate" for q in pools.exp1_rate}
+        n_queries = len(queries)
+    else:
+        n_queries = check_int("n_queries", n_queries, 1)
+        if n_queries > len(pool):
+            raise QuasirlValueError(
+                f"n_queries must be <= {len(pool)} (the query pool of task {task.name!r}), "
+                f"got {n_queries}")
+        order = np.random.default_rng(sample_seed(seed, 101)).permutation(len(pool))
+        queries = [pool[i] for i in order[:n_queries]]
+        half = {}
     fits = {s: get_fitness(s) for s in signals}
     meta = {"kind": "calibration", "lm": lm.name, "task": task.name,
             "task_fingerprint": task.fingerprint(), "signals": list(signals),
             "n_queries": n_queries, "samples_per_query": n_per,
             "temperature": float(temperature), "k": k, "n_demos": len(demos),
             "max_tokens": int(max_tokens), "seed": int(seed), "split_seed": int(split_seed)}
+    if pools is not None:
+        meta["queries_sha256"] = sha256_json([pools.exp1_threshold, pools.exp1_rate])
     with RecordLog(records, meta, ("qid", "sample")) as log:
         for q, item in enumerate(queries):
             if all(log.has(item.id, j) for j in range(n_per)):
@@ -70,11 +87,14 @@ def collect_calibration(lm: LM, task: Task, *, signals=SIGNALS, n_queries: int =
             for j, smp in enumerate(samples):
                 if log.has(item.id, j):
                     continue
-                log.append({"q": q, "qid": item.id, "sample": j, "text": smp.text,
-                            "correct": bool(task.check(item, smp.text)),
-                            "fitness": {s: float(f[s][j]) for s in signals},
-                            "logprob": smp.logprob, "n_tokens": smp.n_tokens,
-                            "context": [f"demo:{d.id}" for d in ctx], "seed": gseed})
+                rec = {"q": q, "qid": item.id, "sample": j, "text": smp.text,
+                       "correct": bool(task.check(item, smp.text)),
+                       "fitness": {s: float(f[s][j]) for s in signals},
+                       "logprob": smp.logprob, "n_tokens": smp.n_tokens,
+                       "context": [f"demo:{d.id}" for d in ctx], "seed": gseed}
+                if half:
+                    rec["half"] = half[item.id]
+                log.append(rec)
                 new += 1
             if progress is not None:
                 progress(new)
@@ -122,16 +142,19 @@ def exp2_bank(records: Sequence[dict], k: int) -> tuple[list | None, str]:
 def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: int = 4,
                      n_queries: int = 60, samples_per_query: int = 2,
                      temperature: float = 1.0, n_demos: int = 8, bank=None,
-                     max_tokens: int = 12, seed: int = 0, split_seed: int = 0, records=None,
-                     progress=None) -> list[dict]:
+                     max_tokens: int = 12, seed: int = 0, split_seed: int = 0,
+                     pools: Pools | None = None, records=None, progress=None) -> list[dict]:
     """Exp 2 data: the same queries after contexts of k pairs of which exactly b k are wrong.
 
     Context pairs come from ``bank`` (a list of (item id, answer, correct), e.g. the model's own
     Exp 1 answers: its real mistakes) when given, else from the gold demonstrations with wrong
-    answers borrowed from other items. Context items never include the query.
+    answers borrowed from other items. Context items never include the query. With ``pools``
+    the queries are its Exp 2 pool (``n_queries`` unused), else ``n_queries`` drawn from the
+    task's query pool by ``seed``.
     """
     k = check_int("k", k, 1)
-    n_queries = check_int("n_queries", n_queries, 1)
+    if pools is None:
+        n_queries = check_int("n_queries", n_queries, 1)
     n_per = check_int("samples_per_query", samples_per_query, 1)
     temperature = check_number("temperature", temperature, 0.0)
     bs = [float(b) for b in bs]
@@ -140,10 +163,16 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
             raise QuasirlValueError(
                 f"bs[{i}] = {b} must be in [0, 1] with b * k an integer (k = {k})")
     demos, pool = task.split(check_int("n_demos", n_demos, k), split_seed)
-    if n_queries > len(pool):
-        raise QuasirlValueError(f"n_queries must be <= {len(pool)}, got {n_queries}")
-    order = np.random.default_rng(sample_seed(seed, 202)).permutation(len(pool))
-    queries = [pool[i] for i in order[:n_queries]]
+    if pools is not None:
+        if tuple(d.id for d in demos) != pools.demos:
+            raise QuasirlValueError("pools must be drawn with this n_demos and split_seed")
+        queries = list(items_of(task, pools.exp2))
+        n_queries = len(queries)
+    else:
+        if n_queries > len(pool):
+            raise QuasirlValueError(f"n_queries must be <= {len(pool)}, got {n_queries}")
+        order = np.random.default_rng(sample_seed(seed, 202)).permutation(len(pool))
+        queries = [pool[i] for i in order[:n_queries]]
     by_id = {it.id: it for it in task.items}
     if bank is not None:
         bank = [(str(i), str(a), bool(c)) for i, a, c in bank]
@@ -155,6 +184,8 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
             "samples_per_query": n_per, "temperature": float(temperature),
             "n_demos": len(demos), "bank": None if bank is None else len(bank),
             "max_tokens": int(max_tokens), "seed": int(seed), "split_seed": int(split_seed)}
+    if pools is not None:
+        meta["queries_sha256"] = sha256_json(pools.exp2)
     with RecordLog(records, meta, ("bi", "qid", "sample")) as log:
         for bi, b in enumerate(bs):
             m = int(round(b * k))
@@ -244,13 +275,18 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
                queries_per_round: int = 40, samples_per_query: int = 4,
                temperature: float = 1.0, k: int = 4, n_demos: int = 8,
                buffer_size: int | None = None, max_tokens: int = 12, seed: int = 0,
-               split_seed: int = 0, records_dir=None,
-               on_prediction: Callable[[Prediction], object] | None = None,
+               split_seed: int = 0, pools: Pools | None = None, records_dir=None,
+               on_prediction: Callable[[Prediction], dict | None] | None = None,
                progress=None) -> Trajectory:
     """Exp 3: predict every arm's trajectory (``on_prediction`` sees it before any run), then
     run the arms: filtered by ``signal`` at Exp 1's operating threshold and acceptance mode,
     then random acceptance at the filtered arm's observed per-round rate, unfiltered and
-    oracle. Records go to ``records_dir/exp3_<arm>.jsonl`` (resumable)."""
+    oracle. Records go to ``records_dir/exp3_<arm>.jsonl`` (resumable).
+
+    Every arm answers the same queries in a round (paired): the task's query pool cut into
+    blocks of ``queries_per_round``, or with ``pools`` its Exp 3 pool. A dict returned by
+    ``on_prediction`` (e.g. the pre-registered prediction's hash) is stamped on every Exp 3
+    record file and record (``quasirl.lm._records.stamped``)."""
     arms = tuple(arms)
     if "random" in arms and "filtered" not in arms:
         raise QuasirlValueError("the random arm needs the filtered arm (it copies its rate)")
@@ -258,21 +294,38 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
     prediction = predict_trajectory(calibration, transfer, signal=signal, rounds=rounds,
                                     queries_per_round=queries_per_round,
                                     samples_per_query=samples_per_query, arms=arms, seed=seed)
-    if on_prediction is not None:
-        on_prediction(prediction)
+    stamp = on_prediction(prediction) if on_prediction is not None else None
     threshold = _finite_threshold(calibration.signals[signal].threshold)
+    if pools is not None:
+        need = (rounds + 1) * queries_per_round
+        if len(pools.exp3) != need:
+            raise QuasirlValueError(f"pools.exp3 holds {len(pools.exp3)} queries, (rounds + 1) "
+                                    f"* queries_per_round = {need} are needed")
+        task = task.with_split(pools.demos, pools.exp3)
     shared = CachedLM(lm)  # every arm's round 0 is the same: generate it once
     runs: dict[str, ChainResult] = {}
-    for arm in arms:
-        runs[arm] = run_chaining(
-            shared, task, get_fitness(signal) if arm == "filtered" else None, arm=arm,
-            rounds=rounds, queries_per_round=queries_per_round,
-            samples_per_query=samples_per_query, temperature=temperature, k=k,
-            n_demos=n_demos, buffer_size=buffer_size, acceptance=calibration.acceptance,
-            threshold=threshold,
-            accept_rate=[float(x) for x in runs["filtered"].accept_rate]
-            if arm == "random" else None,
-            max_tokens=max_tokens, seed=seed, split_seed=split_seed,
-            records=None if records_dir is None else arm_records(records_dir, arm),
-            progress=progress)
+    with stamped(**(stamp or {})):
+        for arm in arms:
+            runs[arm] = _run_arm(shared, task, arm, signal, runs, calibration, threshold,
+                                 rounds=rounds, queries_per_round=queries_per_round,
+                                 samples_per_query=samples_per_query, temperature=temperature,
+                                 k=k, n_demos=n_demos, buffer_size=buffer_size,
+                                 max_tokens=max_tokens, seed=seed, split_seed=split_seed,
+                                 records_dir=records_dir, progress=progress)
     return Trajectory(prediction=prediction, runs=runs, comparison=compare(prediction, runs))
+
+
+def _run_arm(shared, task, arm, signal, runs, calibration, threshold, *, rounds,
+             queries_per_round, samples_per_query, temperature, k, n_demos, buffer_size,
+             max_tokens, seed, split_seed, records_dir, progress) -> ChainResult:
+    return run_chaining(
+        shared, task, get_fitness(signal) if arm == "filtered" else None, arm=arm,
+        rounds=rounds, queries_per_round=queries_per_round,
+        samples_per_query=samples_per_query, temperature=temperature, k=k,
+        n_demos=n_demos, buffer_size=buffer_size, acceptance=calibration.acceptance,
+        threshold=threshold,
+        accept_rate=[float(x) for x in runs["filtered"].accept_rate]
+        if arm == "random" else None,
+        max_tokens=max_tokens, seed=seed, split_seed=split_seed,
+        records=None if records_dir is None else arm_records(records_dir, arm),
+        progress=progress)

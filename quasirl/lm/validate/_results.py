@@ -90,6 +90,9 @@ class SignalCalibration(_JSON):
     bayes: BayesCheck
     tpr_draws: np.ndarray = _draws()
     fpr_draws: np.ndarray = _draws()
+    # the check in place before the results commit (6e457f4): w predicted from the
+    # calibration half (where the threshold was chosen), observed on the held-out half
+    bayes_calibration_half: BayesCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,46 @@ class ArmPrediction(_JSON):
 
 
 @dataclass(frozen=True)
+class ContrastPrediction(_JSON):
+    """A paired contrast eps_n(first arm) - eps_n(second arm), rounds 1 .. R (at round 0 the
+    arms share their samples, so the contrast is 0 by construction).
+
+    ``band``/``sd_param``: the ingredients' uncertainty alone (bootstrap draws of Exp 1 and
+    Exp 2); ``predictive``/``sd``: adds the sampling noise expected before the run (arms
+    sampled independently on shared queries, so the queries' difficulty cancels). The pass
+    criteria use ``sd_param`` with the sampling covariance measured on the run itself (query
+    cluster bootstrap), see :class:`Criterion`.
+    """
+
+    arms: tuple[str, str]
+    rounds: tuple[int, ...]
+    point: tuple[float, ...]
+    band: tuple[tuple[float, ...], tuple[float, ...]]
+    sd_param: tuple[float, ...]
+    predictive: tuple[tuple[float, ...], tuple[float, ...]]
+    sd: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Criterion(_JSON):
+    """A pass/fail criterion stated before the run: its name, the statistic, the rule, alpha."""
+
+    name: str
+    statistic: str
+    rule: str
+    alpha: float
+
+
+@dataclass(frozen=True)
 class Prediction(_JSON):
-    """Predicted eps_0 .. eps_R per arm: point, parameter band and predictive band (95%)."""
+    """Predicted eps_0 .. eps_R per arm (point, parameter band, predictive band, 95%), the
+    paired contrasts between arms with their parameter covariance, and the pass criteria.
+
+    ``contrast_param_cov`` is the covariance, over the ingredients' bootstrap draws, of all
+    contrasts stacked in the order of ``contrasts`` and then rounds; ``arm_param_cov`` the same
+    for every arm's eps_0 .. eps_R, stacked in the order of ``arms`` and then rounds.
+    ``criteria`` are evaluated by :func:`compare`; the first is the primary test.
+    """
 
     signal: str
     rounds: int
@@ -193,31 +234,78 @@ class Prediction(_JSON):
     ingredients: Ingredients
     undefined_rates_set_to_half: tuple[str, ...]
     arms: dict[str, ArmPrediction]
+    contrasts: dict[str, ContrastPrediction] = field(default_factory=dict)
+    contrast_param_cov: tuple[tuple[float, ...], ...] = ()
+    criteria: tuple[Criterion, ...] = ()
+    arm_param_cov: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass(frozen=True)
 class ArmComparison(_JSON):
-    """Observed eps_0 .. eps_R of one arm against its prediction."""
+    """Observed eps_0 .. eps_R of one arm against its prediction (round 0 included)."""
 
     observed: tuple[float, ...]
     wilson: tuple[tuple[float, ...], tuple[float, ...]]  # (lo per round, hi per round)
     covered: tuple[bool, ...]  # inside the predictive band
     accept_rate: tuple[float, ...]
     w: tuple[float, ...]  # wrong fraction among accepted answers
+    cluster_ci: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())  # query bootstrap 95%
+
+
+@dataclass(frozen=True)
+class ContrastComparison(_JSON):
+    """One observed paired contrast (rounds 1 .. R) against its prediction.
+
+    ``sd_total`` = sqrt(parameter variance + sampling variance), the sampling part from the
+    query cluster bootstrap of the run (paired across arms) carried through g to later rounds.
+    ``inside`` uses the Bonferroni interval of the "each_contrast" criterion.
+    """
+
+    observed: tuple[float, ...]
+    cluster_ci: tuple[tuple[float, ...], tuple[float, ...]]
+    predicted: tuple[float, ...]
+    sd_total: tuple[float, ...]
+    z: tuple[float, ...]
+    inside: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class CriterionResult(_JSON):
+    """A pre-stated criterion evaluated on the run."""
+
+    name: str
+    value: float | None
+    passed: bool | None
 
 
 @dataclass(frozen=True)
 class Comparison(_JSON):
-    """Observed against predicted over all arms: chi-square, coverage, calibration line."""
+    """Observed against predicted: the paired-contrast joint test (primary), per-contrast and
+    per-arm coverage, the calibration line with its interval, and each pre-stated criterion.
+
+    ``chi2``/``dof``/``p_value`` are the joint test on the contrasts (``joint_test`` in
+    ``_statistics``): ``chi2`` = Q, the sum of the ``dof`` squared contrast z-scores (observed
+    minus predicted over sqrt(parameter + query cluster bootstrap variance)), and ``p_value``
+    its tail probability under the null with their full correlation, whose effective number
+    of independent points is ``effective_dof``. ``chi2_independent`` is the former statistic
+    (every arm and round as independent z-scores), kept for comparison only. ``coverage``
+    counts arm points inside their predictive bands, round 0 (shared by the arms) counted
+    once. ``passed``: every criterion passed.
+    """
 
     arms: dict[str, ArmComparison]
     chi2: float
     dof: int
     p_value: float | None
-    coverage: str  # "inside / points" over rounds n >= 1
+    coverage: str  # "inside / points", round 0 included once
     calibration_slope: float | None
     calibration_intercept: float | None
     passed: bool | None
+    calibration_slope_ci: Interval = (float("nan"), float("nan"))
+    contrasts: dict[str, ContrastComparison] = field(default_factory=dict)
+    criteria: tuple[CriterionResult, ...] = ()
+    chi2_independent: float | None = None
+    effective_dof: float | None = None
 
 
 @dataclass(frozen=True)

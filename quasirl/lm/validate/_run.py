@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..._validate import QuasirlValueError
+from ..._validate import QuasirlValueError, check_int
 from .._chaining import ARMS
 from .._fitness import SIGNALS, check_signals
 from .._tasks import Task
 from .._types import LM
 from . import _io
+from ._design import Manifest, check_order, draw_pools, register_prediction
 from ._experiments import collect_calibration, collect_transfer, exp2_bank, trajectory
 from ._results import Validation
 from ._statistics import analyze_calibration, analyze_transfer
@@ -17,19 +18,31 @@ from ._statistics import analyze_calibration, analyze_transfer
 
 def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIGNALS,
              acceptance: str = "hard", temperature: float = 1.0, k: int = 4,
-             n_demos: int = 8, exp1_queries: int = 100, exp1_samples: int = 2,
-             exp2_queries: int = 50, exp2_samples: int = 2, bs=(0.0, 0.25, 0.5, 0.75, 1.0),
+             n_demos: int = 8, exp1_queries: int = 40, exp1_samples: int = 4,
+             exp2_queries: int = 24, exp2_samples: int = 2, bs=(0.0, 0.25, 0.5, 0.75, 1.0),
              bank: str = "exp1", rounds: int = 3, queries_per_round: int = 30,
              samples_per_query: int = 4, arms=ARMS, buffer_size: int | None = None,
-             max_tokens: int = 12, n_boot: int = 1000, seed: int = 0, split_seed: int = 0,
-             progress_factory=None) -> Validation:
+             max_tokens: int = 12, n_boot: int = 1000, seed: int = 0,
+             split_seed: int | None = None, progress_factory=None) -> Validation:
     """Run Exp 1, Exp 2 and Exp 3 in order, writing records and JSON under ``out``.
 
-    Each experiment resumes from its records. ``bank="exp1"`` builds Exp 2's contexts from the
-    model's own Exp 1 answers (its real mistakes), ``"gold"`` from gold demonstrations with
-    other items' answers as the mistakes. ``progress_factory(name, total)`` may return a
-    progress callback. Returns the three results; figures of them are drawn by
-    ``quasirl.plots`` from their ``to_dict()`` (``quasirl lm validate`` writes them).
+    Design (see ``_design``): the task's items are cut by ``split_seed`` (default: ``seed``, so
+    a new seed resamples the queries) into ``n_demos`` demonstrations and disjoint pools: Exp 1
+    (``exp1_queries``, half to choose thresholds, half to measure rates), Exp 2
+    (``exp2_queries``) and Exp 3 (``(rounds + 1) * queries_per_round``, one block per round,
+    shared by every arm). The defaults need 8 + 40 + 24 + 120 = 192 items (capitals has 195);
+    a task with too few is refused, saying how many are needed. ``manifest.json`` lists the
+    pools, their zero overlap, the software and the stage times; before any Exp 3 sample the
+    prediction is pre-registered in ``prediction.json`` with its SHA-256, which every Exp 3
+    record carries. A rerun into ``out`` resumes every experiment from its records; it is
+    refused if its pools, design or prediction differ from the stored ones, or if the stored
+    manifest does not show the prediction registered before Exp 3 sampling started.
+
+    ``bank="exp1"`` builds Exp 2's contexts from the model's own Exp 1 answers (its real
+    mistakes), ``"gold"`` from gold demonstrations with other items' answers as the mistakes.
+    ``progress_factory(name, total)`` may return a progress callback. Returns the three
+    results; figures of them are drawn by ``quasirl.plots`` from their ``to_dict()``
+    (``quasirl lm validate`` writes them).
     """
     out = Path(out)
     if bank not in ("exp1", "gold"):
@@ -37,6 +50,21 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
     signals = check_signals(signals)
     if signal not in signals:
         raise QuasirlValueError(f"signal {signal!r} must be one of signals {signals}")
+    seed = check_int("seed", seed)
+    split_seed = seed if split_seed is None else check_int("split_seed", split_seed)
+    k = check_int("k", k, 1)
+    n_demos = check_int("n_demos", n_demos, k)
+    exp1_queries = check_int("exp1_queries", exp1_queries, 4)
+    exp1_samples = check_int("exp1_samples", exp1_samples, 1)
+    exp2_queries = check_int("exp2_queries", exp2_queries, 2)
+    exp2_samples = check_int("exp2_samples", exp2_samples, 1)
+    rounds = check_int("rounds", rounds, 1)
+    queries_per_round = check_int("queries_per_round", queries_per_round, 1)
+    samples_per_query = check_int("samples_per_query", samples_per_query, 1)
+    arms = tuple(arms)
+    pools = draw_pools(task, n_demos=n_demos, exp1_queries=exp1_queries,
+                       exp2_queries=exp2_queries,
+                       exp3_queries=(rounds + 1) * queries_per_round, split_seed=split_seed)
 
     def prog(name, total):
         return None if progress_factory is None else progress_factory(name, total)
@@ -44,30 +72,64 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
     header = {"lm": lm.name, "task": task.name}
     common = {"temperature": temperature, "k": k, "n_demos": n_demos,
               "max_tokens": max_tokens, "seed": seed, "split_seed": split_seed}
-    recs1 = collect_calibration(lm, task, signals=signals, n_queries=exp1_queries,
-                                samples_per_query=exp1_samples, records=out / _io.EXP1_RECORDS,
+    design = {**header, "task_fingerprint": task.fingerprint(), **common, "signal": signal,
+              "signals": list(signals), "acceptance": acceptance,
+              "exp1_queries": exp1_queries, "exp1_samples": exp1_samples,
+              "exp2_queries": exp2_queries, "exp2_samples": exp2_samples,
+              "bs": [float(b) for b in bs], "bank": bank, "rounds": rounds,
+              "queries_per_round": queries_per_round, "samples_per_query": samples_per_query,
+              "arms": list(arms), "buffer_size": buffer_size, "n_boot": n_boot}
+    manifest = Manifest(out, design, pools)
+    check_order(manifest.data)
+
+    manifest.stage("exp1_started")
+    recs1 = collect_calibration(lm, task, signals=signals, samples_per_query=exp1_samples,
+                                pools=pools, records=out / _io.EXP1_RECORDS,
                                 progress=prog("Exp 1 calibration", exp1_queries * exp1_samples),
                                 **common)
+    manifest.stage("exp1_done", first=False)
     cal = analyze_calibration(recs1, signals, acceptance=acceptance, n_boot=n_boot, seed=seed)
     _io.write_result(out / _io.EXP1_JSON, cal, **header)
     answers = None
     if bank == "exp1":
         answers, note = exp2_bank(recs1, k)
         bank = bank if answers is not None else note
-    recs2 = collect_transfer(lm, task, bs=bs, n_queries=exp2_queries,
-                             samples_per_query=exp2_samples, bank=answers,
-                             records=out / _io.EXP2_RECORDS,
+    manifest.stage("exp2_started")
+    recs2 = collect_transfer(lm, task, bs=bs, samples_per_query=exp2_samples, bank=answers,
+                             pools=pools, records=out / _io.EXP2_RECORDS,
                              progress=prog("Exp 2 transfer", len(bs) * exp2_queries
                                            * exp2_samples), **common)
+    manifest.stage("exp2_done", first=False)
     tr = analyze_transfer(recs2, n_boot=n_boot, seed=seed)
     _io.write_result(out / _io.EXP2_JSON, tr, **header, bank=bank)
-    n_arms = len(tuple(arms))
+
+    def preregister(prediction) -> dict:
+        """Write (or check) prediction.json before any Exp 3 sample; the hash to stamp."""
+        _io.write_result(out / _io.EXP3_PREDICTION_JSON, prediction, **header)
+        content = {**header, "pools_sha256": {n: p["sha256"] for n, p in
+                                              manifest.data["pools"].items()},
+                   "prediction": prediction.to_dict()}
+        reg = register_prediction(out, content)
+        manifest.data["prediction"] = {"sha256": reg["sha256"],
+                                       "registered_at": reg["registered_at"]}
+        manifest.stage("exp3_sampling_started")
+        check_order(manifest.data)
+        return {"prediction_sha256": reg["sha256"]}
+
+    n_arms = len(arms)
+    bar = prog("Exp 3 trajectory", n_arms * (rounds + 1) * queries_per_round * samples_per_query)
+
+    def exp3_progress(n_new):
+        """Time the first Exp 3 record (an upper bound: called just after it was written)."""
+        if n_new and "exp3_first_record_written" not in manifest.data["stages"]:
+            manifest.stage("exp3_first_record_written")
+        if bar is not None:
+            bar(n_new)
+
     traj = trajectory(lm, task, cal, tr, signal=signal, arms=arms, rounds=rounds,
                       queries_per_round=queries_per_round, samples_per_query=samples_per_query,
-                      buffer_size=buffer_size, records_dir=out,
-                      on_prediction=lambda p: _io.write_result(out / _io.EXP3_PREDICTION_JSON,
-                                                               p, **header),
-                      progress=prog("Exp 3 trajectory", n_arms * (rounds + 1)
-                                    * queries_per_round * samples_per_query), **common)
+                      buffer_size=buffer_size, pools=pools, records_dir=out,
+                      on_prediction=preregister, progress=exp3_progress, **common)
+    manifest.stage("exp3_done", first=False)
     _io.write_result(out / _io.EXP3_JSON, traj, **header)
     return Validation(calibration=cal, transfer=tr, trajectory=traj, bank=bank)
