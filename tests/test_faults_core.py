@@ -235,3 +235,15 @@ def test_one_eager_temperature_runs_on_xla():
     assert np.asarray(jitted).tobytes() == nat.tobytes()
     both = np.asarray(qr.free_energy(g, [0.3, 0.3], H))
     assert both[0].tobytes() == nat.tobytes()
+
+
+@pytest.mark.parametrize("n, match", [
+    (2.0, r"set_threads: n must be an integer, got 2.0"),
+    (True, r"set_threads: n must be an integer, got True"),
+    (0, r"set_threads: n must be between 1 and 2147483647, got 0"),
+])
+def test_native_set_threads_refuses_non_integers(n, match):
+    from quasirl import _native
+
+    with pytest.raises(QuasirlValueError, match=match):
+        _native.set_threads(n)

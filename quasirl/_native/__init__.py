@@ -111,8 +111,10 @@ def threads() -> int:
 def set_threads(n: int | None) -> None:
     """Run the kernels on ``n`` OpenMP threads (None: OpenMP's default, OMP_NUM_THREADS or one
     per core). Takes effect at the next kernel call."""
-    if n is not None and (int(n) != n or n < 1):
-        raise ValueError(f"set_threads: n must be a positive integer or None, got {n!r}")
+    if n is not None:
+        from .._validate import check_int
+
+        n = check_int("set_threads: n", n, minimum=1, maximum=2**31 - 1)
     _lib().QuasirlNativeSetThreads(ctypes.c_int32(0 if n is None else int(n)))
 
 
