@@ -56,6 +56,23 @@ def test_capitals_data(task):
     assert not task.check(task.item("kuwait"), "Kuwait")  # 'Kuwait City' is the answer
     assert task.check(task.item("switzerland"), "Berne")
 
+def test_continents_data(task):
+    t = qlm.get_task("continents")
+    assert [it.query for it in t.items] == [it.query for it in task.items]  # capitals' countries
+    continents = {"Africa", "Asia", "Europe", "North America", "South America", "Oceania",
+                  "Australia"}
+    assert {a for it in t.items for a in it.answers} == continents
+    counts = {c: sum(c in it.answers for it in t.items) for c in ("Africa", "South America")}
+    assert counts == {"Africa": 54, "South America": 12}  # the UN's 54 African states
+    assert t.check(t.item("france"), " Europe") and not t.check(t.item("france"), " Asia")
+    assert t.check(t.item("russia"), "Asia") and t.check(t.item("russia"), "Europe")
+    assert t.check(t.item("fiji"), " Oceania") and t.check(t.item("australia"), "Australia")
+    assert not t.check(t.item("brazil"), " North America")  # whole words: not 'America'
+    assert not t.check(t.item("mexico"), " America")
+    assert t.eval_prompt(t.item("chad"), "Africa", "Right?").startswith(
+        "Q: Which continent is Chad in?\nProposed answer: Africa")
+
+
 
 def test_arithmetic_checker():
     t = qlm.arithmetic(digits=2, n=50, seed=1)

@@ -33,7 +33,8 @@ _MODEL = typer.Option("gemma3-270m", help="gemma3-270m | smollm2-135m | PATH.ggu
                       "synthetic[:eps0=..,tpr=..,fpr=..,lam=..]")
 _SERVER = typer.Option(None, help="URL of a running OpenAI-compatible server (overrides --model); "
                        "if it cannot score prompts, use --signals likelihood,gold")
-_TASK = typer.Option("capitals", help="capitals | arithmetic[D] | FILE.csv | FILE.jsonl")
+_TASK = typer.Option("capitals",
+                     help="capitals | continents | arithmetic[D] | FILE.csv | FILE.jsonl")
 _BACKEND = typer.Option("llamacpp", help="llamacpp | transformers (local GGUF models)")
 _THREADS = typer.Option(None, help="CPU threads for local models (default: all cores, max 8)")
 _TEMP = typer.Option(1.0, help="sampling temperature T")

@@ -10,8 +10,8 @@ the kept pairs in the context, repeat. This package runs that loop on real model
   llama.cpp servers over HTTP), :class:`SyntheticLM` (known rates, for testing the statistics);
 * models installed from Python packages, no hub: ``load("gemma3-270m")``,
   ``load("smollm2-135m")``;
-* tasks (:class:`Task`: items, prompt format, checker): :func:`capitals`, :func:`arithmetic`,
-  ``Task.from_pairs``, ``Task.from_file``;
+* tasks (:class:`Task`: items, prompt format, checker): :func:`capitals`, :func:`continents`,
+  :func:`arithmetic`, ``Task.from_pairs``, ``Task.from_file``;
 * fitness signals: :class:`SurveyFitness` (``YES_NO``, ``FIVE_POINT``),
   :class:`LikelihoodFitness`, :class:`GoldFitness`; hard or soft acceptance;
 * the loop :func:`run_chaining` with resumable, checksummed JSONL records (:class:`RecordLog`);
@@ -49,6 +49,7 @@ from ._tasks import Item as Item
 from ._tasks import Task as Task
 from ._tasks import arithmetic as arithmetic
 from ._tasks import capitals as capitals
+from ._tasks import continents as continents
 from ._tasks import get_task as get_task
 from ._tasks import normalize as normalize
 from ._transformers import TransformersLM as TransformersLM

@@ -343,6 +343,20 @@ def capitals() -> Task:
                 eval_question="What is the capital of {query}?")
 
 
+def continents() -> Task:
+    """The continent of each of the 195 countries of :func:`capitals` (Oceania also as
+    Australia; the transcontinental countries Russia, Turkey, Kazakhstan, the South Caucasus,
+    Cyprus and Egypt accept both continents). The answer set is small, so a wrong answer is a
+    real continent, not noise."""
+    text = files("quasirl.lm").joinpath("data/continents.csv").read_text(encoding="utf-8")
+    reader = csv.DictReader(text.splitlines())
+    items = tuple(Item(id=normalize(r["country"]).replace(" ", "-"), query=r["country"],
+                       answers=tuple(r["continents"].split("|"))) for r in reader)
+    return Task(name="continents", items=items, question="{query}", style="list",
+                instruction="The continent of each of the world's countries.",
+                eval_question="Which continent is {query} in?")
+
+
 def arithmetic(digits: int = 2, n: int = 200, op: str = "+", seed: int = 0) -> Task:
     """Arithmetic with ``digits``-digit operands: "What is 37 + 58?" (op one of + - *)."""
     digits = check_int("digits", digits, 1, 9)
@@ -364,13 +378,17 @@ def arithmetic(digits: int = 2, n: int = 200, op: str = "+", seed: int = 0) -> T
 
 
 def get_task(name: str) -> Task:
-    """A built-in task by name (``capitals``, ``arithmetic``, ``arithmetic3`` ...) or a file."""
+    """A built-in task by name (``capitals``, ``continents``, ``arithmetic``, ``arithmetic3``
+    ...) or a file."""
     if name == "capitals":
         return capitals()
+    if name == "continents":
+        return continents()
     m = re.fullmatch(r"arithmetic(\d?)", name)
     if m:
         return arithmetic(digits=int(m.group(1) or 2))
     if Path(name).suffix in (".csv", ".jsonl"):
         return Task.from_file(name)
     raise QuasirlValueError(
-        f"task must be 'capitals', 'arithmetic[D]' or a .csv/.jsonl file, got {name!r}")
+        f"task must be 'capitals', 'continents', 'arithmetic[D]' or a .csv/.jsonl file, "
+        f"got {name!r}")
