@@ -13,10 +13,30 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+# variant -> report of tests/test_native_isa.py, gathered from the test reports' user properties
+# (so that the summary also works when pytest-xdist ran the module in a worker process)
+_ISA_MATRIX: dict = {}
+
+
+def pytest_runtest_logreport(report):
+    import json
+
+    for name, value in getattr(report, "user_properties", ()):
+        if name == "isa_matrix":
+            variant, rep = json.loads(value)
+            _ISA_MATRIX[variant] = rep
+
+
 def pytest_terminal_summary(terminalreporter):
     """The ISA matrix of the native kernels (tests/test_native_isa.py), when it ran."""
-    import sys
+    if _ISA_MATRIX:
+        from test_native_isa import summary_lines
 
-    mod = sys.modules.get("test_native_isa")
-    for line in (mod.summary_lines() if mod else []):
-        terminalreporter.write_line(line)
+        for line in summary_lines(dict(sorted(_ISA_MATRIX.items(), key=_variant_order))):
+            terminalreporter.write_line(line)
+
+
+def _variant_order(item):
+    from quasirl._native.build import VARIANTS
+
+    return VARIANTS.index(item[0]) if item[0] in VARIANTS else len(VARIANTS)

@@ -33,7 +33,8 @@ TOLERANCE = {"F": 1e-5, "grad": 1e-5, "jvp": 1e-5, "occupancy": 1e-5, "occupancy
 BITS = ("checkpointed", "kept", "kept_other_mdp", "streamed")
 THREADS = (1, 2, 3)
 
-# variant -> the probe's report, or the reason it was skipped (read by conftest's summary)
+# variant -> the probe's report, or the reason it was skipped (each test also records its
+# variant's entry as a user property, which reaches conftest's summary from an xdist worker)
 RESULTS: dict[str, dict | str] = {}
 
 
@@ -96,8 +97,9 @@ def matrix(tmp_path_factory):
 
 @needs_compiler
 @pytest.mark.parametrize("variant", list(B.VARIANTS))
-def test_native_build_agrees_with_float64_xla(matrix, variant):
+def test_native_build_agrees_with_float64_xla(matrix, variant, record_property):
     rep = matrix[variant]
+    record_property("isa_matrix", json.dumps([variant, rep]))  # for conftest's summary
     if isinstance(rep, str):
         pytest.skip(f"{variant}: {rep}")
     assert "error" not in rep, rep.get("error")
@@ -116,14 +118,14 @@ def test_native_build_agrees_with_float64_xla(matrix, variant):
         assert r["property"] is None, f"{variant}, {n} threads: {r['property']}"
 
 
-def summary_lines() -> list[str]:
+def summary_lines(results: dict[str, dict | str]) -> list[str]:
     """The matrix as a table (conftest prints it at the end of the run)."""
-    if not RESULTS:
+    if not results:
         return []
     lines = ["native kernels, ISA matrix (errors against float64 XLA, max over 1-3 threads):",
              f"{'variant':18s} {'ran':5s} {'F':>9s} {'grad':>9s} {'occupancy':>9s} "
              f"{'jvp':>9s} {'kron':>9s}  bits  property"]
-    for v, rep in RESULTS.items():
+    for v, rep in results.items():
         if isinstance(rep, str):
             lines.append(f"{v:18s} no     {rep}")
             continue
