@@ -6,7 +6,9 @@ import json
 import shutil
 from datetime import datetime
 
+import numpy as np
 import pytest
+from scipy.stats import norm
 
 import quasirl.lm as qlm
 from quasirl._validate import QuasirlValueError
@@ -133,7 +135,11 @@ def test_markdown_lists_each_run_contrast_and_criterion(runs):
     name = "filtered-unfiltered"
     mean_obs = sum(r["contrasts"][name]["observed"] for r in rows) / 2
     mean_pred = sum(r["contrasts"][name]["predicted"] for r in rows) / 2
-    assert f"| {name} | 2 | {mean_pred:.2f} | {mean_obs:.2f} |" in md
+    z = [r["contrasts"][name]["z"] for r in rows]
+    zc = (z[0] + z[1]) / np.sqrt(2)
+    p = 2 * norm.sf(abs(zc))
+    assert f"| {name} | 2 | {mean_pred:.2f} | {mean_obs:.2f} | {zc:.2f} | {p:.2g} |" in md
+    assert V.stouffer([1.0, None]) is None and V.stouffer([]) is None
 
 
 def test_an_unfinished_run_gives_a_status_row(runs, tmp_path):

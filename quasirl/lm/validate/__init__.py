@@ -77,6 +77,7 @@ from ._run import validate as validate
 from ._statistics import analyze_calibration as analyze_calibration
 from ._statistics import analyze_transfer as analyze_transfer
 from ._statistics import compare as compare
+from ._summary import stouffer as stouffer
 from ._summary import summarize_run as summarize_run
 from ._summary import summary_markdown as summary_markdown
 from ._theory import predict_trajectory as predict_trajectory

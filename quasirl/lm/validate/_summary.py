@@ -312,6 +312,15 @@ def _passed(values) -> str:
     return f"{sum(vs)}/{len(vs)}" if vs else "-"
 
 
+def stouffer(zs) -> float | None:
+    """Stouffer's combined z of independent z-scores, sum(z) / sqrt(n) (None if any is
+    missing or there are none)."""
+    zs = list(zs)
+    if not zs or any(z is None or not math.isfinite(z) for z in zs):
+        return None
+    return sum(zs) / math.sqrt(len(zs))
+
+
 def summary_markdown(rows) -> str:
     """Markdown tables of :func:`summarize_run` rows: (a) the ingredients per run, (b) the Exp 3
     contrasts at the last round, predicted against observed, with the joint test, (c) every
@@ -385,16 +394,20 @@ def summary_markdown(rows) -> str:
         groups[(_s(r["model"]), _s(r["task"]))].append(r)
     out += ["## Per model and task, across seeds", "",
             "Mean predicted and mean observed contrast at the last round over the runs that "
-            "have it.", ""]
-    header = ["model", "task", "contrast", "runs", "mean predicted", "mean observed"]
+            "have it; Stouffer's z = sum(z) / sqrt(runs) of the runs' last-round z-scores "
+            "(the runs resample queries and samples independently) and its two-sided p.", ""]
+    header = ["model", "task", "contrast", "runs", "mean predicted", "mean observed",
+              "Stouffer z", "p"]
     body = []
     for (model, task), rs in groups.items():
         for name in names:
             cs = [r["contrasts"][name] for r in rs if name in r["contrasts"]]
             if cs:
+                z = stouffer([c["z"] for c in cs])
                 body.append([model, task, name, str(len(cs)),
                              _f(_mean(c["predicted"] for c in cs)),
-                             _f(_mean(c["observed"] for c in cs))])
+                             _f(_mean(c["observed"] for c in cs)), _f(z),
+                             _p(None if z is None else math.erfc(abs(z) / math.sqrt(2)))])
     out += _table(header, body) + [""]
     out += ["Runs that passed each criterion, of the runs that evaluated it.", ""]
     header = ["model", "task", "runs", "seeds"] + crits + ["Exp 3 overall",
