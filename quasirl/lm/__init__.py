@@ -7,7 +7,8 @@ the kept pairs in the context, repeat. This package runs that loop on real model
 
 * backends behind one protocol (:class:`LM`): :class:`LlamaCppLM` (GGUF via llama.cpp),
   :class:`TransformersLM` (local folders or GGUF), :class:`OpenAICompatibleLM` (vLLM and
-  llama.cpp servers over HTTP), :class:`SyntheticLM` (known rates, for testing the statistics);
+  llama.cpp servers over HTTP), :class:`SyntheticLM` (known rates, for testing the statistics),
+  :class:`SyntheticTokenLM` (a small vocabulary with seeded, exactly known next-token logits);
 * models installed from Python packages, no hub: ``load("gemma3-270m")``,
   ``load("smollm2-135m")``;
 * tasks (:class:`Task`: items, prompt format, checker): :func:`capitals`, :func:`continents`,
@@ -17,6 +18,10 @@ the kept pairs in the context, repeat. This package runs that loop on real model
 * the loop :func:`run_chaining` with resumable, checksummed JSONL records (:class:`RecordLog`);
   every number a model or server returns is checked (:class:`LMValueError` when it cannot be
   right), and a failing backend raises :class:`LMError` with a one-line message;
+* the answer tree as an MDP: :func:`answer_tree` (:class:`AnswerTree`, :class:`TreeAnswer`)
+  expands a prompt's answers to a depth, so the kernels give the sequence-level tilted law
+  p(answer)^(1/T) / Z, F(T), the MAP answer against the greedy one, the soft policy and the
+  concentration on the best answer, exactly;
 * :mod:`quasirl.lm.validate`: Exp 1 (evaluator ROC), Exp 2 (transfer function), Exp 3
   (predicted vs observed trajectory).
 """
@@ -45,6 +50,7 @@ from ._records import read_records as read_records
 from ._stats import auroc as auroc
 from ._stats import wilson as wilson
 from ._synthetic import SyntheticLM as SyntheticLM
+from ._synthetic_tokens import SyntheticTokenLM as SyntheticTokenLM
 from ._tasks import Item as Item
 from ._tasks import Task as Task
 from ._tasks import arithmetic as arithmetic
@@ -54,6 +60,9 @@ from ._tasks import get_task as get_task
 from ._tasks import normalize as normalize
 from ._transformers import TransformersLM as TransformersLM
 from ._transformers import convert_gguf as convert_gguf
+from ._tree import AnswerTree as AnswerTree
+from ._tree import TreeAnswer as TreeAnswer
+from ._tree import answer_tree as answer_tree
 from ._types import LM as LM
 from ._types import CachedLM as CachedLM
 from ._types import LMError as LMError
