@@ -5,6 +5,7 @@ unfinished run gives a status row, a folder that is not a run is refused naming 
 import json
 import shutil
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,3 +213,15 @@ def test_cli_summary_prints_and_writes_the_markdown(runs, tmp_path, capsys):
     assert main(["lm", "summary", str(runs[0]), str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and str(bad) in err and "\n" not in err
+
+
+def test_results_readme_tables_are_the_summary_of_the_stored_runs():
+    """results/README.md shows `quasirl lm summary results/*-seed*` as it reads today, so the
+    stored records, their JSON and the published tables cannot drift apart."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    folders = sorted(root.glob("*-seed*"))
+    assert len(folders) == 12
+    md = V.summary_markdown([V.summarize_run(f) for f in folders])
+    tables = ("\n" + md.split("\n", 2)[2]).replace("\n## ", "\n### ")[1:]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert readme.endswith(tables)
