@@ -39,4 +39,5 @@ def pytest_terminal_summary(terminalreporter):
 def _variant_order(item):
     from quasirl._native.build import VARIANTS
 
-    return VARIANTS.index(item[0]) if item[0] in VARIANTS else len(VARIANTS)
+    order = list(VARIANTS)
+    return order.index(item[0]) if item[0] in order else len(order)

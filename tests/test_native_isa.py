@@ -139,3 +139,35 @@ def summary_lines(results: dict[str, dict | str]) -> list[str]:
         lines.append(f"{v:18s} yes   " + " ".join(f"{worst[k]:9.1e}" for k in worst) +
                      f"  {'same' if bits else 'DIFF'}  {'holds' if prop else 'FAILS'}")
     return lines
+
+
+def test_matrix_summary_reaches_the_controller_in_variant_order():
+    """conftest gathers each variant's report from the tests' user properties (what xdist
+    carries from a worker) and prints the table in VARIANTS order, whatever order they came."""
+    import conftest
+
+    saved = dict(conftest._ISA_MATRIX)
+    conftest._ISA_MATRIX.clear()
+    try:
+        variants = list(B.VARIANTS)
+
+        class Report:
+            user_properties = [("isa_matrix", json.dumps([v, f"skipped: reason {v}"]))
+                               for v in reversed(variants)]
+
+        class Terminal:
+            lines: list = []
+
+            def write_line(self, line):
+                self.lines.append(line)
+
+        conftest.pytest_runtest_logreport(Report())
+        term = Terminal()
+        conftest.pytest_terminal_summary(term)
+        rows = [ln.split()[0] for ln in term.lines[2:]]
+        assert rows == variants
+        assert all(f"skipped: reason {v}" in ln for v, ln in zip(variants, term.lines[2:],
+                                                                    strict=True))
+    finally:
+        conftest._ISA_MATRIX.clear()
+        conftest._ISA_MATRIX.update(saved)
