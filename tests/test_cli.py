@@ -82,6 +82,8 @@ SUBCOMMANDS = {
     "lm transfer": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
     "lm run": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
     "lm validate": (["--model", "synthetic", "--quick"], ["--model", "nope"]),
+    "lm tree": (["--model", "synthetic-tokens", "--quick"],
+                ["--model", "synthetic-tokens", "--depth", "0"]),
 }
 
 

@@ -22,6 +22,11 @@ the kept pairs in the context, repeat. This package runs that loop on real model
   expands a prompt's answers to a depth, so the kernels give the sequence-level tilted law
   p(answer)^(1/T) / Z, F(T), the MAP answer against the greedy one, the soft policy and the
   concentration on the best answer, exactly;
+* what selection keeps from that tree, exactly, and checked on samples: token-level temperature
+  against the sequence-level tilt (:func:`token_temperature_laws`), best-of-N by own likelihood
+  or by a checker (:func:`best_of_n_law`, :func:`best_of_n_accuracy`), soft selection
+  (:func:`soft_selection_law`, :func:`error_after_selection`), and the comparisons with samples
+  (:func:`compare_samples`, :func:`observed_best_of_n`);
 * :mod:`quasirl.lm.validate`: Exp 1 (evaluator ROC), Exp 2 (transfer function), Exp 3
   (predicted vs observed trajectory).
 """
@@ -63,6 +68,26 @@ from ._transformers import convert_gguf as convert_gguf
 from ._tree import AnswerTree as AnswerTree
 from ._tree import TreeAnswer as TreeAnswer
 from ._tree import answer_tree as answer_tree
+from ._tree_select import BestOfNAccuracy as BestOfNAccuracy
+from ._tree_select import ObservedBestOfN as ObservedBestOfN
+from ._tree_select import SampleComparison as SampleComparison
+from ._tree_select import SelectionError as SelectionError
+from ._tree_select import TemperatureLaws as TemperatureLaws
+from ._tree_select import TreeLaw as TreeLaw
+from ._tree_select import best_of_n_accuracy as best_of_n_accuracy
+from ._tree_select import best_of_n_law as best_of_n_law
+from ._tree_select import compare_counts as compare_counts
+from ._tree_select import compare_samples as compare_samples
+from ._tree_select import error_after_selection as error_after_selection
+from ._tree_select import observed_best_of_n as observed_best_of_n
+from ._tree_select import sample_loglik as sample_loglik
+from ._tree_select import sampling_law as sampling_law
+from ._tree_select import sequence_tilt as sequence_tilt
+from ._tree_select import soft_selection_law as soft_selection_law
+from ._tree_select import terminal_counts as terminal_counts
+from ._tree_select import token_temperature_laws as token_temperature_laws
+from ._tree_select import token_vs_tilt as token_vs_tilt
+from ._tree_select import tv_distance as tv_distance
 from ._types import LM as LM
 from ._types import CachedLM as CachedLM
 from ._types import LMError as LMError
