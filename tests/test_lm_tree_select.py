@@ -9,6 +9,7 @@ own kernels and selection theory (``tilted_law``, ``quasirl.selection.temper``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -175,8 +176,11 @@ def test_min_prob_tree_is_exact_above_min_prob(full):
         big = known & (t.logprob[t.terminals] >= math.log(mp))
         assert big.sum() >= 5 and law.exact[big].all()
         np.testing.assert_allclose(law.prob[big], truth[big], atol=1e-13)
-        # without the min_prob bound the same answers are only bounded
-        assert not qlm.best_of_n_law(t, n).exact[big].all()
+        # the tree knows its min_prob; without that bound the same answers are only bounded
+        assert t.min_prob == mp and t.top_k is None
+        np.testing.assert_array_equal(qlm.best_of_n_law(t, n).prob, law.prob)
+        blind = dataclasses.replace(t, min_prob=None)
+        assert not qlm.best_of_n_law(blind, n).exact[big].all()
     with pytest.raises(QuasirlValueError, match="is not the tree's"):
         qlm.best_of_n_law(qlm.answer_tree(LM, PROMPT, 3, top_k=2), 2, min_prob=0.5)
 

@@ -57,6 +57,7 @@ batched scoring kernels round differently on quantised models, by up to ~0.2 nat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -114,7 +115,8 @@ class AnswerTree:
     terminals) and ``greedy_action`` (the action of the most probable token, as the sampler at
     temperature 0 draws it: the end outcome, a token, or the rest when that token was not
     expanded; -1 at terminals). ``outcome`` [S, A] holds each action's token id, or END, REST,
-    PAD. ``forwards`` counts the backend's logits evaluations (one per prefix).
+    PAD. ``forwards`` counts the backend's logits evaluations (one per prefix); ``top_k`` or
+    ``min_prob`` is the expansion rule it was built with (the other is None).
     """
 
     prompt: str
@@ -137,6 +139,8 @@ class AnswerTree:
     greedy_action: np.ndarray
     outcome: np.ndarray
     forwards: int
+    top_k: int | None = None  # the expansion rule the tree was built with (one of the two)
+    min_prob: float | None = None
 
     # -- structure ----------------------------------------------------------------------------
     @property
@@ -474,8 +478,9 @@ def answer_tree(lm, prompt: str, depth: int, *, top_k: int | None = None,
         greedy[s] = codes[END if is_end[g] or merged[g] else g if picked[g] else REST]
         stack.extend(reversed(children))  # depth first, most probable first: KV reuse
 
-    return _assemble(prompt, pids, depth, stop, tau, kind, toks, text, parent, action, level,
+    tree = _assemble(prompt, pids, depth, stop, tau, kind, toks, text, parent, action, level,
                      logp, rew, expanded, rest, greedy, acts, forwards)
+    return dataclasses.replace(tree, top_k=top_k, min_prob=min_prob)
 
 
 def _leaf_counts(kind, parent, which) -> np.ndarray:

@@ -21,9 +21,9 @@ ended answer, a prefix cut at the depth (finish "length", its text the prefix), 
 (the samples that leave the expanded tokens there). Ended answers and cut prefixes are single
 outcomes with a known text and probability. A rest lump of mass m holds many outcomes that the
 tree does not know; what is known: each has probability <= m, and < ``min_prob`` in a tree built
-with ``min_prob`` (pass the same value). With ``cut_is_answer=False`` (samples drawn with more
-tokens than the depth) a cut prefix is a lump too: the answers that continue it, each of
-probability <= its mass.
+with ``min_prob`` (read from the tree; a value passed must agree with it). With
+``cut_is_answer=False`` (samples drawn with more tokens than the depth) a cut prefix is a lump
+too: the answers that continue it, each of probability <= its mass.
 
 **Exact where it can be, bounds where it cannot.** Every law is a :class:`TreeLaw` over the
 tree's terminals (a lump's entry is the probability that the kept answer is one of its members):
@@ -199,10 +199,11 @@ def _check_positive(name: str, value) -> float:
 
 
 def _check_min_prob(tree: AnswerTree, min_prob) -> float | None:
-    """The ``min_prob`` the tree was built with (None: not given). Checked for consistency:
-    every prefix, cut prefix and answer ended by a token has probability >= min_prob."""
+    """The ``min_prob`` the tree was built with: ``tree.min_prob`` when not given (None for a
+    top_k tree). A given one is checked for consistency: every prefix, cut prefix and answer
+    ended by a token has probability >= min_prob."""
     if min_prob is None:
-        return None
+        return tree.min_prob
     v = check_number("min_prob", min_prob)
     if not 0 < v <= 1:
         raise QuasirlValueError(f"min_prob must be in (0, 1], got {min_prob!r}")
