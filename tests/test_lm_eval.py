@@ -190,6 +190,7 @@ def counting_server():
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield f"http://127.0.0.1:{srv.server_address[1]}"
+    h.reset_max_in_flight()  # no handler of this test still counting when the next one starts
     srv.shutdown()
     srv.server_close()
 
@@ -220,7 +221,7 @@ def test_http_falls_back_to_one_sample_per_request(counting_server):
         [f" s{qlm.sample_seed(1, i, j) % 2**31 % 1000}-0" for j in range(2)] for i in range(2)]
     assert len(h.requests) == 1 + 4 and h.max_in_flight <= 3  # the probe, then 4 requests
     one = qlm.OpenAICompatibleLM(counting_server, model="m", concurrency=1, server_n=False)
-    h.max_in_flight = 0
+    h.reset_max_in_flight()
     assert one.generate(["a", "b"], n=2, seed=1) == out and h.max_in_flight == 1
     with pytest.raises(QuasirlValueError, match="concurrency must be"):
         qlm.OpenAICompatibleLM(counting_server, concurrency=0)
