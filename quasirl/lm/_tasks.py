@@ -332,15 +332,21 @@ class Task:
                    instruction=instruction, kind=kind, style=style, eval_question=eval_question)
 
 
-def capitals() -> Task:
-    """Country capitals: 195 countries, accepted alternatives (``Bern|Berne``, ``Sucre|La Paz``)."""
-    text = files("quasirl.lm").joinpath("data/capitals.csv").read_text(encoding="utf-8")
+def _country_task(name: str, instruction: str, eval_question: str) -> Task:
+    """A list-style task over the 195 countries of ``data/<name>.csv`` (columns ``country`` and
+    ``<name>``, ``|`` between accepted answers)."""
+    text = files("quasirl.lm").joinpath(f"data/{name}.csv").read_text(encoding="utf-8")
     reader = csv.DictReader(text.splitlines())
     items = tuple(Item(id=normalize(r["country"]).replace(" ", "-"), query=r["country"],
-                       answers=tuple(r["capitals"].split("|"))) for r in reader)
-    return Task(name="capitals", items=items, question="{query}", style="list",
-                instruction="Capital cities of the world's countries.",
-                eval_question="What is the capital of {query}?")
+                       answers=tuple(r[name].split("|"))) for r in reader)
+    return Task(name=name, items=items, question="{query}", style="list",
+                instruction=instruction, eval_question=eval_question)
+
+
+def capitals() -> Task:
+    """Country capitals: 195 countries, accepted alternatives (``Bern|Berne``, ``Sucre|La Paz``)."""
+    return _country_task("capitals", "Capital cities of the world's countries.",
+                         "What is the capital of {query}?")
 
 
 def continents() -> Task:
@@ -348,13 +354,8 @@ def continents() -> Task:
     Australia; the transcontinental countries Russia, Turkey, Kazakhstan, the South Caucasus,
     Cyprus and Egypt accept both continents). The answer set is small, so a wrong answer is a
     real continent, not noise."""
-    text = files("quasirl.lm").joinpath("data/continents.csv").read_text(encoding="utf-8")
-    reader = csv.DictReader(text.splitlines())
-    items = tuple(Item(id=normalize(r["country"]).replace(" ", "-"), query=r["country"],
-                       answers=tuple(r["continents"].split("|"))) for r in reader)
-    return Task(name="continents", items=items, question="{query}", style="list",
-                instruction="The continent of each of the world's countries.",
-                eval_question="Which continent is {query} in?")
+    return _country_task("continents", "The continent of each of the world's countries.",
+                         "Which continent is {query} in?")
 
 
 def arithmetic(digits: int = 2, n: int = 200, op: str = "+", seed: int = 0) -> Task:
