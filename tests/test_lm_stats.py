@@ -449,3 +449,15 @@ def test_both_bayes_checks_on_the_stored_records():
     assert yn.w_observed > yn.w_predictive[1]  # more wrong answers accepted than predicted
     d = cal.to_dict()["signals"]["yesno"]
     assert d["bayes_calibration_half"]["pass"] is False and d["bayes"]["pass"] is True
+
+
+def test_bca_interval_with_two_queries_is_the_range_not_nan():
+    # the expanded level for 2 clusters is 1 to double precision: z = inf used to give NaN
+    # quantile levels and a crash; the interval is then the whole range of the draws
+    from quasirl.lm.validate._statistics import _cluster_ci
+
+    rng = np.random.default_rng(0)
+    draws = rng.choice([0.0, 0.25, 0.5, 0.75], size=(200, 2))
+    lo, hi = _cluster_ci(draws, np.array([0.25, 0.5]), [[0.0, 0.5], [0.25, 0.75]], [2, 2])
+    np.testing.assert_array_equal(lo, draws.min(axis=0))
+    np.testing.assert_array_equal(hi, draws.max(axis=0))

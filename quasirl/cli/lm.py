@@ -341,7 +341,13 @@ VALIDATE_HELP = (
     "manifest.json lists the pools and stage times; prediction.json pre-registers the "
     "prediction (with its SHA-256, carried by every Exp 3 record) before any Exp 3 sample.\n\n"
     "A server that cannot score prompts fails at the first survey signal ('cannot score "
-    "prompts'): pass --signals likelihood,gold, or see `quasirl lm --help`.")
+    "prompts'): pass --signals likelihood,gold, or see `quasirl lm --help`.\n\n"
+    "--channel weights trains the model on what each round kept instead of putting it in the "
+    "context (rejection-sampling fine-tuning: LoRA, or --method full), from the base model "
+    "each round, on --train-pairs kept pairs for --train-steps steps; Exp 2 then measures "
+    "g_ft(b) by training on --train-pairs of Exp 1's answers with a wrong share b. "
+    "--channel both does the two. Needs --backend transformers. Every trained model is saved "
+    "under OUT/adapters, so a killed run resumes from its last finished round.")
 
 
 @lm_app.command("validate", epilog=EXAMPLE, help=VALIDATE_HELP)
@@ -365,24 +371,45 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                  samples: int = typer.Option(4, help="samples per query (Exp 3)"),
                  n_boot: int = typer.Option(1000, help="bootstrap replicates"),
                  temperature: float = _TEMP, seed: int = _SEED,
-                 split_seed: int = _SPLIT_SEED, quick: bool = _QUICK) -> None:
+                 split_seed: int = _SPLIT_SEED, quick: bool = _QUICK,
+                 channel: str = typer.Option("context", help="context | weights | both: how "
+                                             "kept answers adapt the model"),
+                 method: str = typer.Option("lora", help="lora | full (--channel weights)"),
+                 lora_rank: int = typer.Option(8, help="LoRA rank"),
+                 lr: float = typer.Option(None, help="learning rate (default: 1e-3 for LoRA, "
+                                          "2e-5 for full)"),
+                 train_pairs: int = typer.Option(32, help="pairs each training uses"),
+                 train_steps: int = typer.Option(16, help="optimiser steps per training"),
+                 batch_size: int = typer.Option(8, help="pairs per step")) -> None:
     """Exp 1, Exp 2, then Exp 3 on disjoint query pools (see VALIDATE_HELP)."""
     from rich.console import Console
 
+    from quasirl.lm import CHANNELS, FineTuner
     from quasirl.lm import validate as V
 
     _finite("--temperature", temperature, 0.0)
+    if channel not in CHANNELS:
+        raise _bad(f"--channel must be one of {', '.join(CHANNELS)}, got {channel!r}")
+    if channel != "context" and (server or backend != "transformers"):
+        raise _bad(f"--channel {channel} trains the model's weights: it needs a local model "
+                   "with --backend transformers")
     lm, t = _setup(model, server, task, backend, threads, timeout, retry_budget)
     if quick:
         exp1_queries, exp1_samples, exp2_queries, exp2_samples = 10, 2, 6, 1
         rounds, queries, samples, n_boot = 2, 4, 2, 200
+        train_pairs, train_steps = 8, 2
+    train = {}
+    if channel != "context":
+        train = {"channel": channel, "train_pairs": train_pairs, "tuner": FineTuner(
+            lm, method, rank=lora_rank, lr=lr, steps=train_steps, batch_size=batch_size,
+            seed=seed)}
     sig = tuple(x.strip() for x in signals.split(",") if x.strip())
     res = V.validate(lm, t, out, signal=signal, signals=sig, acceptance=acceptance,
                      exp1_queries=exp1_queries, exp1_samples=exp1_samples,
                      exp2_queries=exp2_queries, exp2_samples=exp2_samples, rounds=rounds,
                      queries_per_round=queries, samples_per_query=samples, n_boot=n_boot,
                      temperature=temperature, seed=seed, split_seed=split_seed,
-                     progress_factory=_progress)
+                     progress_factory=_progress, **train)
     _figures(out, res.calibration, res.transfer, res.trajectory)
     console = Console()
     _print_calibration(res.calibration, console)

@@ -27,15 +27,23 @@ the kept pairs in the context, repeat. This package runs that loop on real model
   or by a checker (:func:`best_of_n_law`, :func:`best_of_n_accuracy`), soft selection
   (:func:`soft_selection_law`, :func:`error_after_selection`), and the comparisons with samples
   (:func:`compare_samples`, :func:`observed_best_of_n`);
+* slow adaptation: :class:`FineTuner` trains a :class:`TransformersLM` (LoRA via ``peft``, or
+  every weight) on kept (prompt, answer) pairs with hard or soft weights
+  (:func:`fitness_weights`), a self-normalised REINFORCE step; ``run_chaining(...,
+  channel="weights" | "both")`` closes the loop through the weights, saving each round's model;
 * :mod:`quasirl.lm.validate`: Exp 1 (evaluator ROC), Exp 2 (transfer function), Exp 3
   (predicted vs observed trajectory).
 """
 
 from . import validate as validate
 from ._chaining import ARMS as ARMS
+from ._chaining import CHANNELS as CHANNELS
 from ._chaining import ChainResult as ChainResult
 from ._chaining import RoundSummary as RoundSummary
 from ._chaining import run_chaining as run_chaining
+from ._finetune import FineTuner as FineTuner
+from ._finetune import FitReport as FitReport
+from ._finetune import fitness_weights as fitness_weights
 from ._fitness import FIVE_POINT as FIVE_POINT
 from ._fitness import FIVE_POINT_PREFIX as FIVE_POINT_PREFIX
 from ._fitness import YES_NO as YES_NO

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .._validate import QuasirlValueError, check_int
+from ._finetune import fitness_weights
 from ._fitness import GoldFitness, accept
 from ._records import RecordLog
 from ._tasks import Task
@@ -33,6 +35,7 @@ from ._types import (
 )
 
 ARMS = ("filtered", "unfiltered", "random", "oracle")
+CHANNELS = ("context", "weights", "both")
 KEY = ("round", "qid", "sample")
 
 
@@ -127,7 +130,10 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
                  buffer_size: int | None = None, acceptance: str = "hard",
                  threshold: float = 0.5, accept_rate=None, max_tokens: int = 12,
                  seed: int = 0, split_seed: int = 0, records=None,
-                 progress: Callable[[int], object] | None = None) -> ChainResult:
+                 progress: Callable[[int], object] | None = None, channel: str = "context",
+                 tuner=None, adapters=None, train_weights: str = "accepted",
+                 t_sel: float = 1.0, train_pairs: int | None = None,
+                 cumulative: bool = False) -> ChainResult:
     """Run the chaining loop for ``rounds`` selection steps (generation rounds 0 .. rounds).
 
     Args:
@@ -149,6 +155,22 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
       seed: seeds every random choice by position (round, query, sample).
       records: JSONL path to write (and resume from), or None to keep records in memory.
       progress: called with the number of new samples after each query (e.g. ``tqdm.update``).
+      channel: how the kept answers adapt the model (the essay's fast and slow adaptation):
+        ``context`` puts them in later prompts (above); ``weights`` trains the model on them
+        with ``tuner`` (a :class:`~quasirl.lm.FineTuner` of ``lm``) after each round, while
+        every prompt keeps k gold demonstrations as in round 0; ``both`` does the two.
+      tuner, adapters: the trainer, and the folder where the weights of each round's model
+        are saved (``round-<n>``, with the fit's report), so a killed run resumes from its last
+        finished round with the same weights, bit for bit. Required with ``records``.
+      train_weights: ``accepted`` trains on the accepted pairs with equal weights (rejection
+        sampling); ``soft`` trains on every sample of the round with weight exp(f / t_sel)
+        (:func:`~quasirl.lm.fitness_weights`; needs a fitness signal).
+      train_pairs: train on this many of the round's kept pairs, drawn uniformly (with
+        replacement when fewer were kept), so every round and arm trains on a buffer of one
+        size, as Exp 2's fine-tuning transfer does; None trains on all of them.
+      cumulative: each round's training starts from the last round's weights; by default it
+        starts from the base model (ReST-EM), so round n + 1's model depends only on round
+        n's kept pairs, as the in-context buffer does, and Exp 2's transfer line applies.
 
     Returns a :class:`ChainResult` with every record and per-round error rates eps_n, accepted
     fractions and wrong fractions among the accepted w_n. Every sample's log-probabilities and
@@ -175,6 +197,24 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
         raise QuasirlValueError("fitness is required for arm='filtered'")
     if arm == "oracle":
         fitness, acceptance, threshold = GoldFitness(), "hard", 0.5
+    if channel not in CHANNELS:
+        raise QuasirlValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
+    if channel != "context":
+        if tuner is None or getattr(tuner, "lm", None) is not lm:
+            raise QuasirlValueError(f"channel={channel!r} needs tuner=FineTuner(lm): the "
+                                    "trainer of this run's model")
+        if records is not None and adapters is None:
+            raise QuasirlValueError("adapters (a folder for each round's weights) is required "
+                                    "with records, or a resumed run would retrain")
+        if train_weights not in ("accepted", "soft"):
+            raise QuasirlValueError(f"train_weights must be 'accepted' or 'soft', got "
+                                    f"{train_weights!r}")
+        if train_weights == "soft" and fitness is None:
+            raise QuasirlValueError("train_weights='soft' needs a fitness signal (arm "
+                                    "'filtered' or 'oracle')")
+        t_sel = check_number("t_sel", t_sel, 0.0)
+        if train_pairs is not None:
+            train_pairs = check_int("train_pairs", train_pairs, 1)
     rates = None
     if arm == "random":
         if accept_rate is None:
@@ -201,22 +241,30 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
         "beta": getattr(fitness, "beta", None), "accept_rate": None if rates is None
         else [float(x) for x in rates], "max_tokens": int(max_tokens), "seed": int(seed),
         "split_seed": int(split_seed)}
+    if channel != "context":
+        meta.update(channel=channel, finetune=tuner.config(), train_weights=train_weights,
+                    t_sel=float(t_sel), train_pairs=train_pairs, cumulative=bool(cumulative))
     log = RecordLog(records, meta, KEY)
+    if channel != "context":
+        tuner.reset()  # round 0 answers with the base model; later rounds load or train
     lm_name = meta["lm"]
     by_id = {it.id: it for it in task.items}
     buffer = [(d.id, d.answer, True, f"demo:{d.id}") for d in demos]
+    prompts: dict[tuple[int, str], str] = {}
     try:
         for r in range(rounds + 1):
             queries = pool[r * q_per:(r + 1) * q_per]
             for q, item in enumerate(queries):
-                if all(log.has(r, item.id, j) for j in range(n_per)):
-                    continue
                 ctx_rng = np.random.default_rng(sample_seed(seed, r, q, 1))
-                source = [(d.id, d.answer, True, f"demo:{d.id}") for d in demos] if r == 0 \
+                gold = r == 0 or channel == "weights"
+                source = [(d.id, d.answer, True, f"demo:{d.id}") for d in demos] if gold \
                     else buffer
                 pick = ctx_rng.choice(len(source), size=min(k, len(source)), replace=False)
                 ctx = [source[i] for i in sorted(pick)]
                 prompt = task.prompt(item, [(by_id[c[0]], c[1]) for c in ctx])
+                prompts[r, item.id] = prompt
+                if all(log.has(r, item.id, j) for j in range(n_per)):
+                    continue
                 gseed = sample_seed(seed, r, q)
                 samples = lm.generate([prompt], n=n_per, temperature=temperature,
                                       max_tokens=max_tokens, stop=("\n",), seed=gseed)[0]
@@ -260,7 +308,43 @@ def run_chaining(lm: LM, task: Task, fitness=None, *, arm: str = "filtered", rou
                 buffer = fresh or buffer
             else:
                 buffer = (buffer + fresh)[-buffer_size:]
+            if channel != "context" and r < rounds:
+                _train_round(tuner, log.records, prompts, r, adapters, train_weights, t_sel,
+                             train_pairs, cumulative, sample_seed(seed, r, 4))
     finally:
         log.close()
     recs = sorted(log.records, key=lambda x: (x["round"], x["q"], x["sample"]))
     return ChainResult(config=meta, records=recs, rounds=summarize(recs, rounds))
+
+
+def _train_round(tuner, records, prompts, r: int, adapters, train_weights: str, t_sel: float,
+                 train_pairs: int | None, cumulative: bool, seed: int) -> None:
+    """Make round r + 1's model: load its saved weights, or train on round r's records and
+    save them (atomically, so a killed fit leaves nothing and is redone from the same start)."""
+    folder = None if adapters is None else Path(adapters) / f"round-{r + 1}"
+    if folder is not None and folder.is_dir():
+        tuner.load(folder)
+        return
+    this = sorted((x for x in records if x["round"] == r), key=lambda x: (x["q"], x["sample"]))
+    if train_weights == "soft":
+        w = fitness_weights([x["fitness"] for x in this], "soft", t_sel=t_sel)
+    else:
+        w = np.array([1.0 if x["accepted"] else 0.0 for x in this])
+    kept = np.flatnonzero(w > 0)
+    n_kept = int(kept.size)
+    if train_pairs is not None and kept.size:
+        rng = np.random.default_rng(sample_seed(seed, 5))
+        kept = np.sort(rng.choice(kept, size=train_pairs, replace=kept.size < train_pairs))
+    report = None
+    if kept.size:  # nothing kept: the model stays as it was (as the context buffer does)
+        if not cumulative:
+            tuner.reset()
+        report = tuner.fit([prompts[r, this[i]["qid"]] for i in kept],
+                           [this[i]["text"] for i in kept], w[kept], seed=seed).to_dict()
+    if folder is not None:
+        wrong = np.array([not this[i]["correct"] for i in kept], dtype=np.float64)
+        tuner.save(folder, info={
+            "round": r + 1, "trained_on_round": r, "fit": report, "n_kept": n_kept,
+            "trained_on": [f"{r}:{this[i]['qid']}:{this[i]['sample']}" for i in kept],
+            "wrong_share": float(np.sum(w[kept] * wrong) / np.sum(w[kept]))
+            if kept.size else None})

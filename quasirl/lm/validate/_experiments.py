@@ -9,11 +9,19 @@ execution.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from ..._validate import QuasirlValueError, check_int
-from .._chaining import ARMS, ChainResult, checked_fitness, checked_samples, run_chaining
+from .._chaining import (
+    ARMS,
+    CHANNELS,
+    ChainResult,
+    checked_fitness,
+    checked_samples,
+    run_chaining,
+)
 from .._fitness import SIGNALS, check_signals, get_fitness
 from .._records import RecordLog, stamped
 from .._tasks import Task
@@ -143,7 +151,9 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
                      n_queries: int = 60, samples_per_query: int = 2,
                      temperature: float = 1.0, n_demos: int = 8, bank=None,
                      max_tokens: int = 12, seed: int = 0, split_seed: int = 0,
-                     pools: Pools | None = None, records=None, progress=None) -> list[dict]:
+                     pools: Pools | None = None, records=None, progress=None,
+                     channel: str = "context", tuner=None, train_bank=None,
+                     train_pairs: int = 32, adapters=None) -> list[dict]:
     """Exp 2 data: the same queries after contexts of k pairs of which exactly b k are wrong.
 
     Context pairs come from ``bank`` (a list of (item id, answer, correct), e.g. the model's own
@@ -151,6 +161,14 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
     answers borrowed from other items. Context items never include the query. With ``pools``
     the queries are its Exp 2 pool (``n_queries`` unused), else ``n_queries`` drawn from the
     task's query pool by ``seed``.
+
+    The other channels measure the transfer through the weights: for each b, ``tuner`` (a
+    :class:`~quasirl.lm.FineTuner` of ``lm``) trains the base model on ``train_pairs`` of
+    the model's own answers from ``train_bank`` ((item id, answer text, correct), e.g. Exp 1's
+    records: items disjoint from the queries), of which exactly b are wrong, each after k gold
+    demonstrations, the loop's prompt format; the queries are then answered after k gold
+    demonstrations (``weights``) or after Exp 2's contexts with b k wrong (``both``). Each b's
+    weights are saved under ``adapters/b-<i>`` so a resumed run does not train again.
     """
     k = check_int("k", k, 1)
     if pools is None:
@@ -174,6 +192,8 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
         order = np.random.default_rng(sample_seed(seed, 202)).permutation(len(pool))
         queries = [pool[i] for i in order[:n_queries]]
     by_id = {it.id: it for it in task.items}
+    train = _check_train(channel, tuner, train_bank, train_pairs, by_id, records, adapters,
+                         queries)
     if bank is not None:
         bank = [(str(i), str(a), bool(c)) for i, a, c in bank]
         for i, (qid, _, _) in enumerate(bank):
@@ -186,14 +206,22 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
             "max_tokens": int(max_tokens), "seed": int(seed), "split_seed": int(split_seed)}
     if pools is not None:
         meta["queries_sha256"] = sha256_json(pools.exp2)
+    if channel != "context":
+        meta.update(channel=channel, finetune=tuner.config(), train_pairs=train_pairs,
+                    train_bank_sha256=sha256_json(train))
     with RecordLog(records, meta, ("bi", "qid", "sample")) as log:
         for bi, b in enumerate(bs):
             m = int(round(b * k))
+            if channel != "context":
+                _train_transfer(tuner, task, train, demos, b, train_pairs, k,
+                                sample_seed(seed, 202, bi, 8),
+                                None if adapters is None else Path(adapters) / f"b-{bi}")
             for q, item in enumerate(queries):
                 if all(log.has(bi, item.id, j) for j in range(n_per)):
                     continue
                 rng = np.random.default_rng(sample_seed(seed, 202, bi, q, 1))
-                ctx = _transfer_context(task, item, demos, bank, k, m, rng)
+                ctx = _transfer_context(task, item, demos, bank if channel != "weights"
+                                        else None, k, m if channel != "weights" else 0, rng)
                 prompt = task.prompt(item, [(by_id[i], a) for i, a, _, _ in ctx])
                 gseed = sample_seed(seed, 202, bi, q)
                 samples = lm.generate([prompt], n=n_per, temperature=temperature,
@@ -207,12 +235,73 @@ def collect_transfer(lm: LM, task: Task, *, bs=(0.0, 0.25, 0.5, 0.75, 1.0), k: i
                         continue
                     log.append({"bi": bi, "b": b, "q": q, "qid": item.id, "sample": j,
                                 "text": smp.text, "correct": bool(task.check(item, smp.text)),
-                                "context": [c[3] for c in ctx], "context_wrong": m / k,
+                                "context": [c[3] for c in ctx],
+                                "context_wrong": m / k if channel != "weights" else 0.0,
                                 "logprob": smp.logprob, "seed": gseed})
                     new += 1
                 if progress is not None:
                     progress(new)
         return sorted(log.records, key=lambda r: (r["bi"], r["q"], r["sample"]))
+
+
+def train_bank_from_records(records: Sequence[dict]) -> list[tuple[str, str, bool]]:
+    """(item id, answer text as sampled, correct) of every sampled answer (repeats kept, text
+    not stripped: the sampler's leading space is part of what the model learns)."""
+    return [(r["qid"], r["text"], bool(r["correct"])) for r in records]
+
+
+def _check_train(channel, tuner, train_bank, train_pairs, by_id, records, adapters, queries):
+    if channel not in CHANNELS:
+        raise QuasirlValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
+    if channel == "context":
+        return None
+    if tuner is None:
+        raise QuasirlValueError(f"channel={channel!r} needs tuner=FineTuner(lm)")
+    if records is not None and adapters is None:
+        raise QuasirlValueError("adapters (a folder for each b's weights) is required with "
+                                "records, or a resumed run would train again")
+    check_int("train_pairs", train_pairs, 1)
+    if not train_bank:
+        raise QuasirlValueError(f"channel={channel!r} needs train_bank: the model's own "
+                                "answers to train on")
+    bank = [(str(i), str(a), bool(c)) for i, a, c in train_bank]
+    asked = {it.id for it in queries}
+    for i, (qid, _, _) in enumerate(bank):
+        if qid not in by_id:
+            raise QuasirlValueError(f"train_bank[{i}] names item {qid!r}, not in the task")
+        if qid in asked:
+            raise QuasirlValueError(f"train_bank[{i}] is an answer to {qid!r}, one of the "
+                                    "queries: training items must be held out")
+    return bank
+
+
+def _train_transfer(tuner, task, bank, demos, b, n, k, seed, folder) -> None:
+    """Train the base model on n bank answers of which round(b n) are wrong (saved, or loaded
+    when ``folder`` already holds them)."""
+    if folder is not None and folder.is_dir():
+        tuner.load(folder)
+        return
+    rng = np.random.default_rng(seed)
+    m = int(round(b * n))
+    picked = []
+    for want, count in ((False, m), (True, n - m)):
+        cands = [e for e in bank if e[2] == want]
+        if count and not cands:
+            raise QuasirlValueError(f"train_bank holds no {'right' if want else 'wrong'} "
+                                    f"answer, but b = {b} needs {count}")
+        if count:
+            idx = rng.choice(len(cands), size=count, replace=len(cands) < count)
+            picked += [cands[i] for i in idx]
+    by_id = {it.id: it for it in task.items}
+    prompts = []
+    for qid, _, _ in picked:
+        ctx = [demos[i] for i in sorted(rng.choice(len(demos), size=k, replace=False))]
+        prompts.append(task.prompt(by_id[qid], [(d, d.answer) for d in ctx]))
+    tuner.reset()
+    report = tuner.fit(prompts, [a for _, a, _ in picked], seed=seed)
+    if folder is not None:
+        tuner.save(folder, info={"b": b, "fit": report.to_dict(),
+                                 "trained_on": [[q, a, c] for q, a, c in picked]})
 
 
 def _transfer_context(task, item, demos, bank, k, m, rng):
@@ -277,7 +366,8 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
                buffer_size: int | None = None, max_tokens: int = 12, seed: int = 0,
                split_seed: int = 0, pools: Pools | None = None, records_dir=None,
                on_prediction: Callable[[Prediction], dict | None] | None = None,
-               progress=None) -> Trajectory:
+               progress=None, channel: str = "context", tuner=None,
+               train_pairs: int | None = None) -> Trajectory:
     """Exp 3: predict every arm's trajectory (``on_prediction`` sees it before any run), then
     run the arms: filtered by ``signal`` at Exp 1's operating threshold and acceptance mode,
     then random acceptance at the filtered arm's observed per-round rate, unfiltered and
@@ -286,7 +376,11 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
     Every arm answers the same queries in a round (paired): the task's query pool cut into
     blocks of ``queries_per_round``, or with ``pools`` its Exp 3 pool. A dict returned by
     ``on_prediction`` (e.g. the pre-registered prediction's hash) is stamped on every Exp 3
-    record file and record (``quasirl.lm._records.stamped``)."""
+    record file and record (``quasirl.lm._records.stamped``).
+
+    With ``channel`` ``weights`` or ``both`` each arm trains its own line of models with
+    ``tuner`` (from the base model; weights under ``records_dir/adapters/<arm>``), and
+    ``transfer`` should be the one measured through the same channel."""
     arms = tuple(arms)
     if "random" in arms and "filtered" not in arms:
         raise QuasirlValueError("the random arm needs the filtered arm (it copies its rate)")
@@ -302,7 +396,9 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
             raise QuasirlValueError(f"pools.exp3 holds {len(pools.exp3)} queries, (rounds + 1) "
                                     f"* queries_per_round = {need} are needed")
         task = task.with_split(pools.demos, pools.exp3)
-    shared = CachedLM(lm)  # every arm's round 0 is the same: generate it once
+    # every arm's round 0 is the same: generate it once (trained models differ per arm, so
+    # the weights channels sample each arm afresh)
+    shared = CachedLM(lm) if channel == "context" else lm
     runs: dict[str, ChainResult] = {}
     with stamped(**(stamp or {})):
         for arm in arms:
@@ -311,13 +407,15 @@ def trajectory(lm: LM, task: Task, calibration: Calibration, transfer: Transfer,
                                  samples_per_query=samples_per_query, temperature=temperature,
                                  k=k, n_demos=n_demos, buffer_size=buffer_size,
                                  max_tokens=max_tokens, seed=seed, split_seed=split_seed,
-                                 records_dir=records_dir, progress=progress)
+                                 records_dir=records_dir, progress=progress,
+                                 channel=channel, tuner=tuner, train_pairs=train_pairs)
     return Trajectory(prediction=prediction, runs=runs, comparison=compare(prediction, runs))
 
 
 def _run_arm(shared, task, arm, signal, runs, calibration, threshold, *, rounds,
              queries_per_round, samples_per_query, temperature, k, n_demos, buffer_size,
-             max_tokens, seed, split_seed, records_dir, progress) -> ChainResult:
+             max_tokens, seed, split_seed, records_dir, progress, channel, tuner,
+             train_pairs) -> ChainResult:
     return run_chaining(
         shared, task, get_fitness(signal) if arm == "filtered" else None, arm=arm,
         rounds=rounds, queries_per_round=queries_per_round,
@@ -328,4 +426,6 @@ def _run_arm(shared, task, arm, signal, runs, calibration, threshold, *, rounds,
         if arm == "random" else None,
         max_tokens=max_tokens, seed=seed, split_seed=split_seed,
         records=None if records_dir is None else arm_records(records_dir, arm),
-        progress=progress)
+        progress=progress, channel=channel, tuner=tuner, train_pairs=train_pairs,
+        adapters=None if records_dir is None or channel == "context"
+        else Path(records_dir) / "adapters" / arm)

@@ -330,7 +330,11 @@ class Validation:
     transfer: Transfer
     trajectory: Trajectory
     bank: str
+    temperature_axis: dict | None = None  # the weights channels' T axis (``_taxis``)
 
     def to_dict(self) -> dict:
-        return {"exp1": self.calibration.to_dict(), "exp2": self.transfer.to_dict(),
-                "exp3": self.trajectory.to_dict()}
+        out = {"exp1": self.calibration.to_dict(), "exp2": self.transfer.to_dict(),
+               "exp3": self.trajectory.to_dict()}
+        if self.temperature_axis is not None:
+            out["t_axis"] = self.temperature_axis
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..._jsonio import write_json
 from ..._validate import QuasirlValueError, check_int
 from .._chaining import ARMS
 from .._fitness import SIGNALS, check_signals
@@ -11,9 +12,16 @@ from .._tasks import Task
 from .._types import LM
 from . import _io
 from ._design import Manifest, check_order, draw_pools, register_prediction
-from ._experiments import collect_calibration, collect_transfer, exp2_bank, trajectory
+from ._experiments import (
+    collect_calibration,
+    collect_transfer,
+    exp2_bank,
+    train_bank_from_records,
+    trajectory,
+)
 from ._results import Validation
 from ._statistics import analyze_calibration, analyze_transfer
+from ._taxis import analyze_temperature_axis, collect_temperature_axis
 
 
 def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIGNALS,
@@ -23,7 +31,8 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
              bank: str = "exp1", rounds: int = 3, queries_per_round: int = 30,
              samples_per_query: int = 4, arms=ARMS, buffer_size: int | None = None,
              max_tokens: int = 12, n_boot: int = 1000, seed: int = 0,
-             split_seed: int | None = None, progress_factory=None) -> Validation:
+             split_seed: int | None = None, progress_factory=None, channel: str = "context",
+             tuner=None, train_pairs: int = 32) -> Validation:
     """Run Exp 1, Exp 2 and Exp 3 in order, writing records and JSON under ``out``.
 
     Design (see ``_design``): the task's items are cut by ``split_seed`` (default: ``seed``, so
@@ -40,6 +49,16 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
 
     ``bank="exp1"`` builds Exp 2's contexts from the model's own Exp 1 answers (its real
     mistakes), ``"gold"`` from gold demonstrations with other items' answers as the mistakes.
+    ``channel``: how kept answers adapt the model. ``context`` (the default) puts them in the
+    prompts; ``weights`` trains the model on them with ``tuner`` (a
+    :class:`~quasirl.lm.FineTuner` of ``lm``), every prompt keeping gold demonstrations;
+    ``both`` does the two. Exp 2 then measures the transfer through that channel (training on
+    ``train_pairs`` of Exp 1's answers with a wrong share b, from the base model), and every
+    Exp 3 round trains on ``train_pairs`` of its kept pairs; each trained model is saved under
+    ``out/adapters`` so a killed run resumes where it stopped. Last, the T axis: every saved
+    model answers Exp 2's queries greedily and at T = 0.5 and 1 (``t_axis.json``: does
+    selection act like lowering T, or does it move the mode?).
+
     ``progress_factory(name, total)`` may return a progress callback. Returns the three
     results; figures of them are drawn by ``quasirl.plots`` from their ``to_dict()``
     (``quasirl lm validate`` writes them).
@@ -79,6 +98,13 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
               "bs": [float(b) for b in bs], "bank": bank, "rounds": rounds,
               "queries_per_round": queries_per_round, "samples_per_query": samples_per_query,
               "arms": list(arms), "buffer_size": buffer_size, "n_boot": n_boot}
+    if channel != "context":
+        if tuner is None or getattr(tuner, "lm", None) is not lm:
+            raise QuasirlValueError(f"channel={channel!r} needs tuner=FineTuner(lm)")
+        train_pairs = check_int("train_pairs", train_pairs, 1)
+        design.update(channel=channel, finetune=tuner.config(), train_pairs=train_pairs)
+    train = {} if channel == "context" else {"channel": channel, "tuner": tuner,
+                                              "train_pairs": train_pairs}
     manifest = Manifest(out, design, pools)
     check_order(manifest.data)
 
@@ -95,10 +121,16 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
         answers, note = exp2_bank(recs1, k)
         bank = bank if answers is not None else note
     manifest.stage("exp2_started")
+    if train:
+        if tuner is not None:
+            tuner.reset()
+        train2 = {**train, "train_bank": train_bank_from_records(recs1),
+                  "adapters": out / "adapters" / "exp2"}
     recs2 = collect_transfer(lm, task, bs=bs, samples_per_query=exp2_samples, bank=answers,
                              pools=pools, records=out / _io.EXP2_RECORDS,
                              progress=prog("Exp 2 transfer", len(bs) * exp2_queries
-                                           * exp2_samples), **common)
+                                           * exp2_samples), **common,
+                             **(train2 if train else {}))
     manifest.stage("exp2_done", first=False)
     tr = analyze_transfer(recs2, n_boot=n_boot, seed=seed)
     _io.write_result(out / _io.EXP2_JSON, tr, **header, bank=bank)
@@ -129,7 +161,20 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
     traj = trajectory(lm, task, cal, tr, signal=signal, arms=arms, rounds=rounds,
                       queries_per_round=queries_per_round, samples_per_query=samples_per_query,
                       buffer_size=buffer_size, pools=pools, records_dir=out,
-                      on_prediction=preregister, progress=exp3_progress, **common)
+                      on_prediction=preregister, progress=exp3_progress, **common, **train)
     manifest.stage("exp3_done", first=False)
     _io.write_result(out / _io.EXP3_JSON, traj, **header)
-    return Validation(calibration=cal, transfer=tr, trajectory=traj, bank=bank)
+    taxis = None
+    if train:
+        manifest.stage("t_axis_started")
+        n_models = 1 + len(arms) * rounds
+        recs4 = collect_temperature_axis(
+            lm, task, tuner, out / "adapters", arms=arms, pools=pools, k=k,
+            samples_per_query=exp2_samples, max_tokens=max_tokens, seed=seed,
+            records=out / _io.T_AXIS_RECORDS,
+            progress=prog("T axis", n_models * exp2_queries * (1 + 2 * exp2_samples)))
+        manifest.stage("t_axis_done", first=False)
+        taxis = analyze_temperature_axis(recs4, n_boot=n_boot, seed=seed)
+        write_json(out / _io.T_AXIS_JSON, {**header, **taxis}, indent=1, sort_keys=True)
+    return Validation(calibration=cal, transfer=tr, trajectory=traj, bank=bank,
+                      temperature_axis=taxis)

@@ -472,8 +472,13 @@ def _cluster_ci(draws, point, jack, n_clusters):
         d = d.mean() - d if d.size else d
         ss = float(np.sum(d**2))
         acc = float(np.sum(d**3) / (6 * ss**1.5)) if ss > 0 else 0.0
-        z = norm.ppf(expanded_levels(int(n_clusters[r])))
-        levels = norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))
+        nominal = np.asarray(expanded_levels(int(n_clusters[r])))
+        z = norm.ppf(nominal)
+        with np.errstate(invalid="ignore"):
+            levels = norm.cdf(z0 + (z0 + z) / (1 - acc * (z0 + z)))
+        # with 2 queries the expanded level is 1 to double precision (z = inf): the interval
+        # is then the whole range of the draws, not NaN
+        levels = np.clip(np.where(np.isnan(levels), nominal, levels), 0.0, 1.0)
         lo.append(float(np.quantile(col, levels[0])))
         hi.append(float(np.quantile(col, levels[1])))
     return tuple(lo), tuple(hi)

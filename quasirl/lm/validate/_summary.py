@@ -86,7 +86,8 @@ def summarize_run(folder) -> dict:
 
     * ``folder``, ``run`` (the folder's name), ``status`` ("complete", or which stage is missing
       and why), ``missing`` (the result files not there);
-    * design: ``model``, ``task``, ``seed``, ``split_seed``, ``signal`` (the filtered arm's),
+    * design: ``model``, ``task``, ``channel`` (context, weights or both), ``seed``,
+      ``split_seed``, ``signal`` (the filtered arm's),
       ``sizes`` (the manifest's design sizes), ``pools`` (items per pool);
     * Exp 1: ``eps0``, ``eps0_ci``, ``signals`` ({signal: auroc, auroc_ci, tpr, fpr, threshold,
       bayes_pass});
@@ -126,6 +127,7 @@ def summarize_run(folder) -> dict:
     row: dict = {"folder": str(folder), "run": folder.name,
                  "model": design.get("lm", header.get("lm")),
                  "task": design.get("task", header.get("task")),
+                 "channel": design.get("channel", "context"),
                  "seed": design.get("seed"), "split_seed": design.get("split_seed"),
                  "signal": design.get("signal", ((exp3 or {}).get("prediction") or {})
                                       .get("signal")),
@@ -270,6 +272,12 @@ def _ci(x, ci) -> str:
     return _f(x) if ci is None else f"{_f(x)} [{_f(ci[0])}, {_f(ci[1])}]"
 
 
+def _model(row) -> str:
+    """The model, and the adaptation channel where it is not the context."""
+    ch = row.get("channel", "context")
+    return _s(row["model"]) + ("" if ch == "context" else f" ({ch})")
+
+
 def _s(x) -> str:
     return "n/a" if x is None else str(x)
 
@@ -342,7 +350,7 @@ def summary_markdown(rows) -> str:
     body = []
     for lab, r in zip(labels, rows, strict=True):
         sd = r["signals"]
-        body.append([lab, _s(r["model"]), _s(r["task"]), _s(r["seed"]), _s(r["split_seed"]),
+        body.append([lab, _model(r), _s(r["task"]), _s(r["seed"]), _s(r["split_seed"]),
                      r["status"], _ci(r["eps0"], r["eps0_ci"])]
                     + [_ci(sd[s]["auroc"], sd[s]["auroc_ci"]) if s in sd else "-" for s in sigs]
                     + [_ci(r["a"], r["a_ci"]), _ci(r["lam"], r["lam_ci"]),
@@ -391,7 +399,7 @@ def summary_markdown(rows) -> str:
 
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(_s(r["model"]), _s(r["task"]))].append(r)
+        groups[(_model(r), _s(r["task"]))].append(r)
     out += ["## Per model and task, across seeds", "",
             "Mean predicted and mean observed contrast at the last round over the runs that "
             "have it; Stouffer's z = sum(z) / sqrt(runs) of the runs' last-round z-scores "
