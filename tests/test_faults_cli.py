@@ -24,6 +24,12 @@ CASES = {
     "phase, L = 10^5": (["phase", "--L", "100000"], 2, "GiB"),
     "lm run, closed port": (["lm", "run", "--server", "http://127.0.0.1:{port}", "--quick"],
                             1, "is a server running at this address"),
+    "lm validate, weights through llama.cpp": (
+        ["lm", "validate", "--model", "smollm2-135m", "--channel", "weights"], 2,
+        "needs a local model with --backend transformers"),
+    "lm validate, unknown channel": (
+        ["lm", "validate", "--model", "synthetic", "--channel", "dreams"], 2,
+        "--channel must be one of context, weights, both"),
 }
 
 

@@ -311,5 +311,13 @@ def test_validate_through_the_weights_end_to_end_and_resumes(smol_hf, tmp_path):
     # the rerun resumed: nothing was trained again
     assert stamp == {p: p.stat().st_mtime_ns
                      for p in (tmp_path / "adapters").rglob("*.safetensors")}
+    from quasirl import plots
+
+    fig = plots.channels_transfer_figure({"in context": res.context_transfer.to_dict(),
+                                          "weights": res.transfer.to_dict()})
+    assert len(fig.axes[0].lines) >= 3
+    fig = plots.temperature_axis_figure(res.temperature_axis)
+    assert [a.get_title() for a in fig.axes] == ["greedy", "T = 0.5", "T = 1"]
+    assert json.loads((tmp_path / "exp2_context.json").read_text())["bs"] == [0.0, 1.0]
     row = V.summarize_run(tmp_path)
     assert row["channel"] == "weights" and "(weights)" in V.summary_markdown([row])

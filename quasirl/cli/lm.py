@@ -175,6 +175,20 @@ def _figures(out: Path, calibration=None, transfer=None, trajectory=None) -> Non
             savefig(figure(result.to_dict()), out / f"{name}.png")
 
 
+def _channel_figures(out: Path, res, channel: str) -> None:
+    """The weights channels' figures: g(b) against g_ft(b) on the same queries, the T axis."""
+    from quasirl.plots import _lm as plots
+    from quasirl.plots._style import savefig
+
+    if res.context_transfer is not None:
+        savefig(plots.channels_transfer_figure({
+            "in context": res.context_transfer.to_dict(),
+            f"through the {channel}" if channel == "weights" else "context + weights":
+            res.transfer.to_dict()}), out / "exp2_channels.png")
+    if res.temperature_axis is not None:
+        savefig(plots.temperature_axis_figure(res.temperature_axis), out / "t_axis.png")
+
+
 @lm_app.command("calibrate", epilog="Example: quasirl lm calibrate --model smollm2-135m",
                 help="Exp 1: error rate, and AUROC / TPR / FPR / one-step Bayes check per "
                      "fitness signal. The queries are validate's Exp 1 pool for the same "
@@ -411,6 +425,7 @@ def validate_cmd(model: str = _MODEL, server: str = _SERVER, task: str = _TASK,
                      temperature=temperature, seed=seed, split_seed=split_seed,
                      progress_factory=_progress, **train)
     _figures(out, res.calibration, res.transfer, res.trajectory)
+    _channel_figures(out, res, channel)
     console = Console()
     _print_calibration(res.calibration, console)
     _print_transfer(res.transfer, console)

@@ -6,6 +6,8 @@ it to :func:`savefig` to write a PNG.
 
 from ._lm import calibration_figure as calibration_figure
 from ._lm import chaining_figure as chaining_figure
+from ._lm import channels_transfer_figure as channels_transfer_figure
+from ._lm import temperature_axis_figure as temperature_axis_figure
 from ._lm import trajectory_figure as trajectory_figure
 from ._lm import transfer_figure as transfer_figure
 from ._mdp import plot_free_energy as plot_free_energy

@@ -151,3 +151,57 @@ def chaining_figure(result: dict):
                  f"T = {cfg['temperature']}")
     ax.legend(fontsize=7)
     return fig
+
+
+def channels_transfer_figure(transfers: dict):
+    """Exp 2 through each adaptation channel on the same queries: eps_next against the wrong
+    share b of what the model adapted to (the context's k pairs, or the pairs it was trained
+    on), Wilson 95% points and the fitted lines a + lam b. ``transfers``: {channel name:
+    Transfer.to_dict()}."""
+    fig, ax = new_figure(width=4.8, height=3.8)
+    grid = np.linspace(0, 1, 50)
+    ax.plot(grid, grid, color="0.6", ls=":", lw=0.9, label="ideal imitator g(b) = b")
+    colors = line_colors(len(transfers))
+    for i, (name, tr) in enumerate(transfers.items()):
+        b = np.asarray(tr["bs"]) + (i - (len(transfers) - 1) / 2) * 0.012
+        e = np.asarray(tr["eps"])
+        lo, hi = tr["lam_ci"]
+        ax.plot(grid, tr["a"] + tr["lam"] * grid, color=colors[i], ls=LINESTYLES[i % 4],
+                label=f"{name}: {tr['a']:.2f} + {tr['lam']:.2f} b (lam [{lo:.2f}, {hi:.2f}])")
+        ax.errorbar(b, e, yerr=_err(e, tr["eps_wilson_lo"], tr["eps_wilson_hi"]),
+                    fmt=MARKERS[i % 7], color=colors[i], capsize=2, ms=4)
+    ax.set_xlabel("b = wrong share of what the model adapted to")
+    ax.set_ylabel("eps_next = P(wrong answer)")
+    ax.set_title("transfer through the context and through the weights")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=6.5, loc="upper left")
+    return fig
+
+
+def temperature_axis_figure(taxis: dict):
+    """The T axis: the error of each arm's round-n model at each sampling temperature (greedy,
+    0.5, 1; query cluster bootstrap 95%), the base model (round 0) shared by every arm."""
+    rows = taxis["rows"]
+    arms = [a for a in dict.fromkeys(r["arm"] for r in rows) if a != "base"]
+    temps = taxis["temperatures"]
+    fig, axes = new_figure(1, len(temps), width=3.3, height=3.4, sharey=True)
+    colors = line_colors(max(1, len(arms)))
+    base = {r["T"]: r for r in rows if r["arm"] == "base"}
+    for j, t in enumerate(temps):
+        ax = axes[0][j]
+        for i, arm in enumerate(arms):
+            pts = [base[t]] + sorted((r for r in rows if r["arm"] == arm and r["T"] == t),
+                                     key=lambda r: r["round"])
+            x = np.array([r["round"] for r in pts]) + (i - (len(arms) - 1) / 2) * 0.06
+            e = np.array([r["eps"] for r in pts])
+            lo = np.array([r["eps_ci"][0] for r in pts])
+            hi = np.array([r["eps_ci"][1] for r in pts])
+            ax.errorbar(x, e, yerr=_err(e, lo, hi), fmt=MARKERS[i % 7] + LINESTYLES[i % 4],
+                        color=colors[i], capsize=2, ms=4, label=arm)
+        ax.set_title("greedy" if t == 0 else f"T = {t:g}")
+        ax.set_xlabel("round n (model trained n times)")
+    axes[0][0].set_ylabel("eps on held-out queries")
+    axes[0][0].set_ylim(-0.03, 1.03)
+    axes[0][-1].legend(fontsize=6.5)
+    return fig

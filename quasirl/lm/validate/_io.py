@@ -17,6 +17,8 @@ EXP2_RECORDS = "exp2_transfer.jsonl"
 EXP2_JSON = "exp2_transfer.json"
 EXP3_PREDICTION_JSON = "exp3_prediction.json"
 EXP3_JSON = "exp3_trajectory.json"
+EXP2_CONTEXT_RECORDS = "exp2_context.jsonl"
+EXP2_CONTEXT_JSON = "exp2_context.json"
 T_AXIS_RECORDS = "t_axis.jsonl"
 T_AXIS_JSON = "t_axis.json"
 

@@ -331,10 +331,13 @@ class Validation:
     trajectory: Trajectory
     bank: str
     temperature_axis: dict | None = None  # the weights channels' T axis (``_taxis``)
+    context_transfer: Transfer | None = None  # their in-context Exp 2 on the same queries
 
     def to_dict(self) -> dict:
         out = {"exp1": self.calibration.to_dict(), "exp2": self.transfer.to_dict(),
                "exp3": self.trajectory.to_dict()}
         if self.temperature_axis is not None:
             out["t_axis"] = self.temperature_axis
+        if self.context_transfer is not None:
+            out["exp2_context"] = self.context_transfer.to_dict()
         return out

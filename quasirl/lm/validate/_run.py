@@ -57,7 +57,8 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
     Exp 3 round trains on ``train_pairs`` of its kept pairs; each trained model is saved under
     ``out/adapters`` so a killed run resumes where it stopped. Last, the T axis: every saved
     model answers Exp 2's queries greedily and at T = 0.5 and 1 (``t_axis.json``: does
-    selection act like lowering T, or does it move the mode?).
+    selection act like lowering T, or does it move the mode?), and the in-context Exp 2 of the
+    base model on the same queries (``exp2_context.json``), to set g(b) against g_ft(b).
 
     ``progress_factory(name, total)`` may return a progress callback. Returns the three
     results; figures of them are drawn by ``quasirl.plots`` from their ``to_dict()``
@@ -164,7 +165,7 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
                       on_prediction=preregister, progress=exp3_progress, **common, **train)
     manifest.stage("exp3_done", first=False)
     _io.write_result(out / _io.EXP3_JSON, traj, **header)
-    taxis = None
+    taxis = tr_context = None
     if train:
         manifest.stage("t_axis_started")
         n_models = 1 + len(arms) * rounds
@@ -176,5 +177,15 @@ def validate(lm: LM, task: Task, out, *, signal: str = "likelihood", signals=SIG
         manifest.stage("t_axis_done", first=False)
         taxis = analyze_temperature_axis(recs4, n_boot=n_boot, seed=seed)
         write_json(out / _io.T_AXIS_JSON, {**header, **taxis}, indent=1, sort_keys=True)
+        # the in-context g(b) of the base model on the same queries, for g against g_ft
+        manifest.stage("exp2_context_started")
+        tuner.reset()
+        recs5 = collect_transfer(lm, task, bs=bs, samples_per_query=exp2_samples, bank=answers,
+                                 pools=pools, records=out / _io.EXP2_CONTEXT_RECORDS,
+                                 progress=prog("Exp 2 in context", len(bs) * exp2_queries
+                                               * exp2_samples), **common)
+        manifest.stage("exp2_context_done", first=False)
+        tr_context = analyze_transfer(recs5, n_boot=n_boot, seed=seed)
+        _io.write_result(out / _io.EXP2_CONTEXT_JSON, tr_context, **header, bank=bank)
     return Validation(calibration=cal, transfer=tr, trajectory=traj, bank=bank,
-                      temperature_axis=taxis)
+                      temperature_axis=taxis, context_transfer=tr_context)
