@@ -174,3 +174,88 @@ ax.set_ylabel(r"error rate $\varepsilon_n$")
 ax.set_ylim(0, 1)
 ax.set_title("Cherry-picking a real model (likelihood fitness)")
 ax.legend(fontsize=7)
+
+# %% [markdown]
+# ## 5. The model's answers as an MDP: exact path integrals on a real model
+#
+# Sampling a model at temperature $T$ weights each answer token by token; selecting answers by
+# their likelihood weights them by $p(a)^{1/T}$, the sequence-level tilt: the path integral
+# over the model's *answer tree*. `lm.answer_tree` expands a prompt's answers (states are
+# answer prefixes, rewards are token log-probabilities, the mass outside the expanded tokens
+# goes to one "rest" outcome per prefix), so the kernels give everything exactly:
+# $F(T) = T \log \sum_a p(a)^{1/T} \to \log p(\text{MAP answer})$ inside the band
+# $[\log p_{MAP}, \log p_{MAP} + T \log N]$ over the $N$ answers, the mass on the MAP
+# answer $\to 1$ as $T \to 0$, and the law that token-level sampling at $T$ draws, which is
+# *not* the tilt at $T$. `quasirl lm tree` runs this over many prompts with the model's own
+# samples as the check (`results/smollm2-135m-answer-tree/`).
+
+# %%
+demos5 = [(task.item(i), task.item(i).answer) for i in ("germany", "japan", "italy", "kenya")]
+prompt5 = task.prompt(task.item("peru"), demos5)
+tree = lm.answer_tree(model, prompt5, depth=4, min_prob=0.05 if SMALL else 0.002)
+map_a, greedy_a = tree.map_answer(), tree.greedy_answer()
+print(tree)
+print(f"MAP answer {map_a.text!r} (log p = {map_a.logprob:.3f}); greedy answer "
+      f"{greedy_a.text!r} (log p = {greedy_a.logprob:.3f}); rest mass {tree.mass('rest'):.3f}")
+Ts5 = np.geomspace(0.02, 2.0, 25)
+F5 = np.array([float(tree.free_energy(T)) for T in Ts5])
+mass5 = np.array([float(tree.optimal_path_mass(T)) for T in Ts5])
+logN = np.log(tree.num_paths())
+# the proven band: log p(MAP) <= F(T) <= log p(MAP) + T log N
+assert np.all(F5 >= map_a.logprob - 1e-9) and np.all(F5 <= map_a.logprob + Ts5 * logN + 1e-9)
+laws5 = lm.token_temperature_laws(model, prompt5, 4, [0.5, 1.0],
+                                  min_prob=0.05 if SMALL else 0.002)
+for law in laws5:
+    print(f"T = {law.T}: TV(token-level sampling, sequence tilt) = {law.tv:.3f} "
+          f"[{law.tv_lo:.3f}, {law.tv_hi:.3f}]")
+fig, axs = plots.new_figure(ncols=2, width=4.2, height=3.2)
+axs = axs.ravel()
+axs[0].plot(Ts5, F5, color="C0", label="$F(T)$ (exact, on the tree)")
+axs[0].fill_between(Ts5, map_a.logprob, map_a.logprob + Ts5 * logN, color="C0", alpha=0.15,
+                    label=r"band $[\log p_{MAP},\ \log p_{MAP} + T\log N]$")
+axs[0].set_xscale("log")
+axs[0].set_xlabel("$T$")
+axs[0].set_ylabel("nats")
+axs[0].legend(fontsize=7)
+axs[1].plot(Ts5, mass5, color="C3")
+axs[1].set_xscale("log")
+axs[1].set_xlabel("$T$")
+axs[1].set_ylabel("mass on the MAP answer")
+axs[1].set_ylim(0, 1.02)
+fig.suptitle(f"SmolLM2-135M's answer tree after '... Peru:' ({tree.num_paths()} answers)")
+assert np.all(np.diff(mass5) <= 1e-9)  # the tilt concentrates as T falls
+
+# %% [markdown]
+# ## 6. Selection through the weights: training on what was kept
+#
+# The chaining loop above adapts the model through its context (fast adaptation). Training the
+# model on the kept answers (slow adaptation: rejection-sampling fine-tuning, expert iteration,
+# ReST-EM) is where selection is literally reinforcement learning: the update
+# $\sum_i w_i \nabla \log \pi(a_i \mid q_i) / \sum_i w_i$ is a self-normalised REINFORCE step
+# with weights from the fitness, $w \in \{0, 1\}$ for hard filtering or $e^{f/T_{sel}}$.
+# `lm.FineTuner` trains LoRA adapters (or every weight) on a `TransformersLM`;
+# `quasirl lm validate --channel weights` runs Exp 1-3 through that channel. Here: one round on
+# the answers the likelihood filter kept in section 4, and what it does to their probability.
+
+# %%
+hf = lm.load("smollm2-135m", backend="transformers", threads=2)
+tuner = lm.FineTuner(hf, rank=8, steps=4 if SMALL else 16, batch_size=4, seed=0)
+by_q = {it.id: it for it in task.items}
+demos, _ = task.split(8, 0)
+kept = [r for r in recs0 if r["accepted"]] or recs0[:2]
+prompts6 = [task.prompt(by_q[r["qid"]], [(d, d.answer) for d in demos[:4]]) for r in kept]
+answers6 = [r["text"] for r in kept]
+before6 = np.array([s.total for s in hf.score(prompts6, answers6)])
+fit6 = tuner.fit(prompts6, answers6, seed=0)
+after6 = np.array([s.total for s in hf.score(prompts6, answers6)])
+print(f"{fit6.n_pairs} kept pairs, {fit6.steps} steps in {fit6.seconds:.1f} s: training loss "
+      f"{fit6.loss_before:.2f} -> {fit6.loss_after:.2f} nats per answer")
+assert fit6.loss_after < fit6.loss_before
+fig, ax = plots.new_figure(width=4.8, height=3.4)
+ax.scatter(before6, after6, color="C2")
+lim = [min(before6.min(), after6.min()) - 0.5, 0.2]
+ax.plot(lim, lim, color="0.6", lw=0.8)
+ax.set_xlabel("log p(kept answer), base model")
+ax.set_ylabel("after one LoRA round")
+ax.set_title("Training on the kept answers raises their probability")
+tuner.remove()

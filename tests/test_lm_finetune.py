@@ -100,6 +100,7 @@ def test_pair_nll_equals_the_backends_one_token_scorer(smol_hf, tuner):
         smol_hf.tokenize(p, bos=True), (smol_hf.tokenize(a, bos=False) if a else []) + end))
         for p, a in zip(prompts, answers, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert tuner._fast_head is True  # the output layer ran on the answer positions only
     w = np.array([0.5, 2.0, 0.0, 1.0, 3.0])
     np.testing.assert_allclose(tuner.loss(prompts, answers, w), np.sum(w * got) / np.sum(w),
                                rtol=1e-5)

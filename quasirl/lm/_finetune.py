@@ -170,6 +170,7 @@ class FineTuner:
             raise QuasirlValueError(f"target_modules {self.target_modules} matched no weight "
                                     f"of {lm.name}")
         self._initial = {n: p.detach().clone() for n, p in self._params.items()}
+        self._fast_head: bool | None = None  # decided on the first batch (_answer_logits)
         self._end_ids = lm.tokenize(end, bos=False)[:1] if end else []
         pad = lm.tok.pad_token_id
         self._pad = int(pad if pad is not None else lm.tok.eos_token_id or 0)
@@ -296,15 +297,43 @@ class FineTuner:
         """Negative log-likelihood of each sequence's answer tokens (a tensor [len(seqs)])."""
         torch = self.torch
         ids, mask, labels = self._batch(seqs)
-        logits = self.lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         tgt = labels[:, 1:]
         at = tgt != -100
         # only the rows that score an answer token, normalised in float64 (a float32
         # log-softmax over the vocabulary is off by ~1e-4 nats per token)
-        rows = torch.log_softmax(logits[at].double(), dim=-1)
+        rows = torch.log_softmax(self._answer_logits(ids, mask, at).double(), dim=-1)
         lp = rows.gather(1, tgt[at].unsqueeze(1)).squeeze(1)
         seq = at.nonzero()[:, 0]
         return torch.zeros(len(seqs), dtype=lp.dtype, device=lp.device).index_add(0, seq, -lp)
+
+    def _answer_logits(self, ids, mask, at):
+        """Logits at the positions ``at`` [B, L - 1] (those followed by an answer token).
+
+        The output layer is applied to those positions only (with the model's logit
+        soft-capping, if any): for a 262k-token vocabulary (Gemma 3) the full logits of a
+        batch are most of a step's time and memory. The shortcut is checked once against the
+        model's own forward pass and dropped if they differ (a model that post-processes its
+        logits in another way)."""
+        torch = self.torch
+        if self._fast_head is not False:
+            causal = self.lm.model
+            causal = causal.get_base_model() if hasattr(causal, "get_base_model") else causal
+            body, head = getattr(causal, "model", None), causal.get_output_embeddings()
+            if body is not None and head is not None:
+                hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+                logits = head(hidden[at])
+                cap = getattr(causal.config, "final_logit_softcapping", None)
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                if self._fast_head is None:
+                    with torch.no_grad():
+                        full = self.lm.model(input_ids=ids, attention_mask=mask).logits
+                        err = float((full[:, :-1][at] - logits).abs().max())
+                    self._fast_head = err <= 1e-3 * max(1.0, float(full.abs().max()))
+                if self._fast_head:
+                    return logits
+            self._fast_head = False
+        return self.lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1][at]
 
     def pair_nll(self, prompts, answers) -> np.ndarray:
         """Negative log-likelihood of each answer (and its end token) after its prompt."""
