@@ -238,7 +238,7 @@ assert np.all(np.diff(mass5) <= 1e-9)  # the tilt concentrates as T falls
 # the answers the likelihood filter kept in section 4, and what it does to their probability.
 
 # %%
-hf = lm.load("smollm2-135m", backend="transformers", threads=2)
+hf = lm.load("smollm2-135m", backend="transformers", threads=1 if SMALL else None)
 tuner = lm.FineTuner(hf, rank=8, steps=4 if SMALL else 16, batch_size=4, seed=0)
 by_q = {it.id: it for it in task.items}
 demos, _ = task.split(8, 0)
