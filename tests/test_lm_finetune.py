@@ -322,3 +322,23 @@ def test_validate_through_the_weights_end_to_end_and_resumes(smol_hf, tmp_path):
     assert json.loads((tmp_path / "exp2_context.json").read_text())["bs"] == [0.0, 1.0]
     row = V.summarize_run(tmp_path)
     assert row["channel"] == "weights" and "(weights)" in V.summary_markdown([row])
+
+
+@pytest.mark.lm
+def test_soft_weights_train_on_every_sample_with_weight_exp_f_over_t(smol_hf, tmp_path):
+    t = qlm.FineTuner(smol_hf, rank=4, steps=1, batch_size=4, seed=0)
+    try:
+        res = qlm.run_chaining(smol_hf, qlm.capitals(), qlm.LikelihoodFitness(),
+                               channel="weights", tuner=t, train_weights="soft", t_sel=0.5,
+                               records=tmp_path / "r.jsonl", adapters=tmp_path / "ad",
+                               **{**LOOP, "arm": "filtered"})
+    finally:
+        t.remove()
+    r0 = [x for x in res.records if x["round"] == 0]
+    info = json.loads((tmp_path / "ad" / "round-1" / "info.json").read_text())
+    assert info["n_kept"] == len(r0) == 6  # every sample has a positive weight
+    f = np.array([x["fitness"] for x in r0])
+    w = np.exp(f / 0.5)
+    wrong = np.array([not x["correct"] for x in r0])
+    np.testing.assert_allclose(info["wrong_share"], np.sum(w * wrong) / np.sum(w), rtol=1e-12)
+    assert res.config["train_weights"] == "soft" and res.config["t_sel"] == 0.5
