@@ -163,6 +163,8 @@ def test_saved_weights_round_trip(smol_hf, tuner, tmp_path):
     assert all(smol_hf.torch.equal(trained[n], v) for n, v in tuner.state().items())
     np.testing.assert_array_equal(smol_hf.next_logits(smol_hf.tokenize(prompts[0], bos=True)),
                                   logits)
+    with pytest.raises(ValueError, match="already has a FineTuner"):
+        qlm.FineTuner(smol_hf)
     with pytest.raises(ValueError, match="holds no saved weights"):
         tuner.load(tmp_path / "missing")
     cfg = json.loads((tmp_path / "a" / "finetune.json").read_text())

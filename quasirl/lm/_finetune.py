@@ -135,6 +135,9 @@ class FineTuner:
                 f"{type(lm).__name__}")
         if method not in METHODS:
             raise QuasirlValueError(f"method must be one of {METHODS}, got {method!r}")
+        if getattr(lm, "_tuner", None) is not None:
+            raise QuasirlValueError(f"lm {lm.name} already has a FineTuner: call its remove() "
+                                    "before making another")
         self.lm = lm
         self.method = method
         self.rank = check_int("rank", rank, 1)
@@ -165,6 +168,7 @@ class FineTuner:
             for p in lm.model.parameters():
                 p.requires_grad_(True)
         lm.model.eval()
+        lm._tuner = self
         self._params = {n: p for n, p in lm.model.named_parameters() if p.requires_grad}
         if not self._params:
             raise QuasirlValueError(f"target_modules {self.target_modules} matched no weight "
@@ -217,6 +221,7 @@ class FineTuner:
         self.reset()
         if self.method == "lora":
             self.lm.model = self.lm.model.unload().eval()
+        self.lm._tuner = None
         self._forget_cache()
 
     def _forget_cache(self) -> None:
