@@ -383,6 +383,31 @@ def test_observed_best_of_n_matches_the_prediction():
         qlm.observed_best_of_n([pools[0][:8]], 9, [has_a])
 
 
+def test_observed_selection_error_converges_to_the_tree():
+    prompts = [PROMPT, "Q: name two.\nA:", "Q: name three.\nA:"]
+    trees = [qlm.answer_tree(LM, p, 3, top_k=len(LM.pieces)) for p in prompts]
+    pools = LM.generate(prompts, n=600, max_tokens=3, seed=5)
+    Ts = [0.0, 0.2, 0.5, 1.0, 4.0]
+    obs = qlm.observed_selection_error(pools, Ts, [has_a] * 3, n_boot=400)
+    # oracle 1: each sample reweighted by exp(r / T_sel) by hand
+    for j, T in enumerate(Ts):
+        errs = []
+        for pool in pools:
+            r = np.array([has_a(x.text) for x in pool], dtype=float)
+            w = (r > 0).astype(float) if T == 0 else np.exp(r / T)
+            errs.append(np.sum(w * (1 - r)) / np.sum(w) if np.any(w) else 1.0)
+        np.testing.assert_allclose(obs.error[j], np.mean(errs), rtol=1e-12)
+    # oracle 2: the exact law of the tree (full expansion: no lumps), inside the interval
+    pred = np.mean([qlm.error_after_selection(t, Ts, has_a).error for t in trees], axis=0)
+    assert np.all(obs.lo <= pred + 1e-12) and np.all(pred <= obs.hi + 1e-12), (obs, pred)
+    np.testing.assert_allclose(obs.before, 1 - np.mean([[has_a(x.text) for x in p]
+                                                         for p in pools]), rtol=1e-12)
+    with pytest.raises(QuasirlValueError, match="T_sel must be finite numbers >= 0"):
+        qlm.observed_selection_error(pools, -1.0, [has_a] * 3)
+    with pytest.raises(QuasirlValueError, match="one checker per prompt"):
+        qlm.observed_selection_error(pools, 1.0, [has_a])
+
+
 def test_tv_distance():
     assert qlm.tv_distance([0.5, 0.5], [1.0, 0.0]) == 0.5
     law = qlm.sampling_law(qlm.answer_tree(LM, PROMPT, 2, top_k=2))

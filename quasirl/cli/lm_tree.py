@@ -176,6 +176,8 @@ def _tree_summary(records: list[dict], task, cfg: dict) -> dict:
     for key in ("error", "lo", "hi"):
         out["selection"][key] = [_mean([r["selection"][key][j] for r in records])
                                  for j in range(len(sel["T_sel"]))]
+    out["selection"]["observed"] = None if not pools else qlm.observed_selection_error(
+        pools, sel["T_sel"], checkers, n_boot=n_boot, seed=seed).to_dict()
     temps = []
     for j, row in enumerate(records[0]["temperatures"]):
         rows = [r["temperatures"][j] for r in records]

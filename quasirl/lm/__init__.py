@@ -88,6 +88,7 @@ from ._tree_select import compare_counts as compare_counts
 from ._tree_select import compare_samples as compare_samples
 from ._tree_select import error_after_selection as error_after_selection
 from ._tree_select import observed_best_of_n as observed_best_of_n
+from ._tree_select import observed_selection_error as observed_selection_error
 from ._tree_select import sample_loglik as sample_loglik
 from ._tree_select import sampling_law as sampling_law
 from ._tree_select import sequence_tilt as sequence_tilt

@@ -982,3 +982,58 @@ def observed_best_of_n(samples_by_prompt, n: int, checkers, score="likelihood", 
                            float(np.quantile(draws, qhi)), K, int(G.sum()),
                            tuple(float(a) for a in acc))
 
+
+
+def observed_selection_error(samples_by_prompt, T_sel, checkers, *, n_boot: int = 1000,
+                             seed: int = 0, level: float = 0.95) -> SelectionError:
+    """One round of soft selection applied to real samples: each prompt's pool (drawn from the
+    model) is reweighted by exp(r / T_sel), r = 1 where ``checkers[k]`` accepts the sample,
+    and its error is the weighted wrong share (T_sel = 0: the correct samples only, when there
+    are any). As the pool grows this converges to :func:`error_after_selection` of the tree
+    (self-normalised importance sampling of the tilted law). ``error`` is the mean over
+    prompts; lo, hi a cluster bootstrap interval (prompts resampled, then each prompt's
+    correct count as a binomial draw)."""
+    n_boot = check_int("n_boot", n_boot, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    level = _check_level(level)
+    try:
+        Ts = np.atleast_1d(np.asarray(T_sel, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise QuasirlValueError(f"T_sel must be a number or a 1-D array >= 0, got {T_sel!r}") \
+            from None
+    if Ts.ndim > 1 or Ts.size == 0 or not np.isfinite(Ts).all() or (Ts < 0).any():
+        raise QuasirlValueError(f"T_sel must be finite numbers >= 0, got {T_sel!r}")
+    if not isinstance(samples_by_prompt, Sequence) or not samples_by_prompt:
+        raise QuasirlValueError("samples_by_prompt must be a non-empty list (one list of "
+                                "Samples per prompt)")
+    if not isinstance(checkers, Sequence) or len(checkers) != len(samples_by_prompt):
+        raise QuasirlValueError(f"checkers must hold one checker per prompt "
+                                f"({len(samples_by_prompt)})")
+    rate, size = [], []
+    for k, (pool, check) in enumerate(zip(samples_by_prompt, checkers, strict=True)):
+        if not pool:
+            raise QuasirlValueError(f"samples_by_prompt[{k}] is empty")
+        _check_checker(check, f"checkers[{k}]")
+        ok = _known_values(check, [s.text for s in pool], np.zeros(len(pool), bool),
+                           f"checkers[{k}]", binary=True)
+        rate.append(float(np.mean(ok > 0)))
+        size.append(len(pool))
+    c, m = np.array(rate), np.array(size)
+
+    def error(acc):
+        """Weighted wrong share for correct fractions ``acc`` [..., K] -> [..., len(Ts)]."""
+        acc = acc[..., None]
+        with np.errstate(over="ignore"):
+            a = np.where(Ts > 0, np.exp(-1.0 / np.where(Ts > 0, Ts, 1.0)), 0.0)
+        w = (1 - acc) * a
+        out = np.where(acc > 0, w / (w + acc), 1.0)
+        return out.mean(axis=-2)
+
+    rng = np.random.default_rng([seed, 720])
+    K = c.size
+    idx = rng.integers(K, size=(n_boot, K))
+    draws = error(rng.binomial(m[idx], c[idx]) / m[idx])
+    qlo, qhi = expanded_levels(K, level) if K > 1 else ((1 - level) / 2, (1 + level) / 2)
+    err = error(c[None, :])[0]
+    return SelectionError(Ts, err, np.quantile(draws, qlo, axis=0),
+                          np.quantile(draws, qhi, axis=0), float(1 - c.mean()))
