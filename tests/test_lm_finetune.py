@@ -126,6 +126,7 @@ def test_a_lora_round_lowers_the_loss_and_raises_the_kept_answers(smol_hf, tuner
 def test_equal_weights_are_plain_training_and_zero_weights_drop_pairs(smol_hf, tuner):
     prompts, answers = _pairs(6)
     torch = smol_hf.torch
+    tuner.epochs = 1  # 2 steps a fit: the identities hold step by step
 
     def fitted(p, a, w=None):
         tuner.reset()
@@ -176,7 +177,7 @@ def test_saved_weights_round_trip(smol_hf, tuner, tmp_path):
 
 LOOP = dict(arm="unfiltered", rounds=1, queries_per_round=3, samples_per_query=2, k=2,
             n_demos=4, max_tokens=6, seed=11)
-TUNE = dict(rank=4, epochs=3, batch_size=2, lr=1e-3, seed=3)
+TUNE = dict(rank=4, epochs=2, batch_size=2, lr=1e-3, seed=3)
 RUN = """
 import sys, quasirl.lm as qlm
 lm = qlm.load("smollm2-135m", backend="transformers", threads=1)
@@ -198,7 +199,7 @@ def test_the_weights_loop_resumes_after_sigkill_with_the_same_bits(smol_hf, tmp_
         t.remove()
     assert [r["context"][0].startswith("demo:") for r in res.records] == [True] * 12
     info = json.loads((tmp_path / "a" / "adapters" / "round-1" / "info.json").read_text())
-    assert info["n_kept"] == 6 and info["fit"]["steps"] == 9
+    assert info["n_kept"] == 6 and info["fit"]["steps"] == 6
     # killed in a fresh process once round 0's samples are written (while it trains), resumed
     code = RUN.format(tune=TUNE, loop=LOOP)
     out = tmp_path / "b"
