@@ -172,10 +172,10 @@ def channels_transfer_figure(transfers: dict):
                     fmt=MARKERS[i % 7], color=colors[i], capsize=2, ms=4)
     ax.set_xlabel("b = wrong share of what the model adapted to")
     ax.set_ylabel("eps_next = P(wrong answer)")
-    ax.set_title("transfer through the context and through the weights")
+    ax.set_title("transfer: context against weights")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=6.5, loc="lower right")
     return fig
 
 
