@@ -200,7 +200,7 @@ def temperature_axis_figure(taxis: dict):
             ax.errorbar(x, e, yerr=_err(e, lo, hi), fmt=MARKERS[i % 7] + LINESTYLES[i % 4],
                         color=colors[i], capsize=2, ms=4, label=arm)
         ax.set_title("greedy" if t == 0 else f"T = {t:g}")
-        ax.set_xlabel("round n (model trained n times)")
+        ax.set_xlabel("round n's model (round 0: the base model)")
     axes[0][0].set_ylabel("eps on held-out queries")
     axes[0][0].set_ylim(-0.03, 1.03)
     axes[0][-1].legend(fontsize=6.5)
