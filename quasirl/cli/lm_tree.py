@@ -34,8 +34,8 @@ TREE_HELP = (
     "Prompts are the task's items with --k demonstrations, built as `quasirl lm validate` "
     "builds them. Each prompt's record goes to tree.jsonl as soon as it is done; a rerun with "
     "the same options skips the prompts already there (more --prompts extends the run). "
-    "tree.json holds the records, the summary and the command; figures: free_energy.png, "
-    "best_of_n.png, token_vs_tilt.png.")
+    "tree.json holds the records (their raw samples only in tree.jsonl), the summary and the "
+    "command; figures: free_energy.png, best_of_n.png, token_vs_tilt.png.")
 TREE_EXAMPLE = ("Example: quasirl lm tree --model smollm2-135m --prompts 20 --depth 4 --top-k 4 "
                 "--samples 200 --out results/smollm2-135m-answer-tree")
 # sequence temperatures of the F(T) and MAP-mass curves; selection temperatures of the error
@@ -335,8 +335,10 @@ def tree_cmd(model: str = typer.Option(
             bar.update(1)
         recs = [records[i] for i in range(prompts)]
         summary = _tree_summary(recs, t, {**cfg, "n_boot": n_boot})
+    # the raw samples stay in tree.jsonl only (they are most of a record's size)
     d = {"command": command, "lm": lm.name, "task": t.name, "config": cfg,
-         "summary": summary, "prompts": recs}
+         "summary": summary, "samples_in": "tree.jsonl",
+         "prompts": [{k: v for k, v in r.items() if k != "samples"} for r in recs]}
     _write(out, "tree.json", d)
     _tree_figures(out, d)
     console = Console()

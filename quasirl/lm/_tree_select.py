@@ -913,6 +913,16 @@ def sample_loglik(sample) -> float:
     return sample.logprob + sample.end_logprob
 
 
+def _check_pools(samples_by_prompt, checkers) -> None:
+    """One list of samples and one checker per prompt."""
+    if not isinstance(samples_by_prompt, Sequence) or not samples_by_prompt:
+        raise QuasirlValueError("samples_by_prompt must be a non-empty list (one list of "
+                                "Samples per prompt)")
+    if not isinstance(checkers, Sequence) or len(checkers) != len(samples_by_prompt):
+        raise QuasirlValueError(f"checkers must hold one checker per prompt "
+                                f"({len(samples_by_prompt)})")
+
+
 def observed_best_of_n(samples_by_prompt, n: int, checkers, score="likelihood", *,
                        partitions: int = 20, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> ObservedBestOfN:
@@ -935,12 +945,7 @@ def observed_best_of_n(samples_by_prompt, n: int, checkers, score="likelihood", 
     n_boot = check_int("n_boot", n_boot, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     level = _check_level(level)
-    if not isinstance(samples_by_prompt, Sequence) or not samples_by_prompt:
-        raise QuasirlValueError("samples_by_prompt must be a non-empty list (one list of "
-                                "Samples per prompt)")
-    if not isinstance(checkers, Sequence) or len(checkers) != len(samples_by_prompt):
-        raise QuasirlValueError(f"checkers must hold one checker per prompt "
-                                f"({len(samples_by_prompt)})")
+    _check_pools(samples_by_prompt, checkers)
     if isinstance(score, str) and score not in ("likelihood", "checker"):
         raise QuasirlValueError(f"score must be 'likelihood', 'checker' or a function of a "
                                 f"Sample, got {score!r}")
@@ -1003,12 +1008,7 @@ def observed_selection_error(samples_by_prompt, T_sel, checkers, *, n_boot: int 
             from None
     if Ts.ndim > 1 or Ts.size == 0 or not np.isfinite(Ts).all() or (Ts < 0).any():
         raise QuasirlValueError(f"T_sel must be finite numbers >= 0, got {T_sel!r}")
-    if not isinstance(samples_by_prompt, Sequence) or not samples_by_prompt:
-        raise QuasirlValueError("samples_by_prompt must be a non-empty list (one list of "
-                                "Samples per prompt)")
-    if not isinstance(checkers, Sequence) or len(checkers) != len(samples_by_prompt):
-        raise QuasirlValueError(f"checkers must hold one checker per prompt "
-                                f"({len(samples_by_prompt)})")
+    _check_pools(samples_by_prompt, checkers)
     rate, size = [], []
     for k, (pool, check) in enumerate(zip(samples_by_prompt, checkers, strict=True)):
         if not pool:
