@@ -333,6 +333,16 @@ def test_compare_on_a_synthetic_run(task, exp12):
     np.testing.assert_allclose(runs["random"].accept_rate[1:], runs["filtered"].accept_rate[1:],
                                atol=0.2)
     assert max(runs["random"].accept_rate) < 0.95
+    # the judge's rates per round, counted by hand from the records
+    for arm, res in runs.items():
+        for r in range(3):
+            rs = [x for x in res.records if x["round"] == r]
+            right = [x["accepted"] for x in rs if x["correct"]]
+            wrong = [x["accepted"] for x in rs if not x["correct"]]
+            np.testing.assert_allclose(c.arms[arm].tpr[r], np.mean(right))
+            np.testing.assert_allclose(c.arms[arm].fpr[r], np.mean(wrong))
+    assert c.arms["unfiltered"].tpr == c.arms["unfiltered"].fpr == (1.0,) * 3
+    assert c.arms["oracle"].fpr[1:] == (0.0,) * 2
     names = [r.name for r in c.criteria]
     assert names == ["joint_contrasts", "each_contrast"]
     assert c.passed == all(r.passed for r in c.criteria)

@@ -215,6 +215,37 @@ def test_cli_summary_prints_and_writes_the_markdown(runs, tmp_path, capsys):
     assert err.startswith("error: ") and str(bad) in err and "\n" not in err
 
 
+def test_cli_summary_draws_the_trajectories_per_run(runs, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    from quasirl.cli import main
+    from quasirl.plots import _lm as plots
+
+    fig_path = tmp_path / "traj.png"
+    assert main(["lm", "summary", *map(str, runs), "--figure", str(fig_path)]) == 0
+    assert fig_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure's data are the runs' stored trajectories: one panel per arm, one line per run
+    groups = {"synthetic capitals": {f"context, seed {i + 1}": _json(f, "exp3_trajectory.json")
+                                     for i, f in enumerate(runs)}}
+    fig = plots.channels_trajectory_figure(groups)
+    axes = fig.axes
+    arms = list(_json(runs[0], "exp3_trajectory.json")["arms"])
+    assert len(axes) == len(arms) == 4
+    for ax, arm in zip(axes, ["filtered", "unfiltered", "random", "oracle"], strict=True):
+        assert ax.get_title().endswith(arm)
+        observed = [c for c in ax.containers]  # one errorbar per run
+        assert len(observed) == 2
+        for c, (_, tj) in zip(observed, groups["synthetic capitals"].items(), strict=True):
+            np.testing.assert_allclose(c.lines[0].get_ydata(), tj["arms"][arm]["observed"])
+    plt.close(fig)
+    empty = tmp_path / "exp1-only"
+    shutil.copytree(runs[0], empty)
+    (empty / "exp3_trajectory.json").unlink()
+    capsys.readouterr()
+    assert main(["lm", "summary", str(empty), "--figure", str(tmp_path / "x.png")]) == 2
+    assert "--figure" in capsys.readouterr().err
+
+
 def test_results_readme_tables_are_the_summary_of_the_stored_runs():
     """results/README.md shows `quasirl lm summary results/*-seed*` as it reads today, so the
     stored records, their JSON and the published tables cannot drift apart."""

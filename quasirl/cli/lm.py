@@ -79,14 +79,16 @@ def _print_trajectory(tj, console) -> None:
                     f"on {c.dof} points, p = {p}: {_verdict(c.passed)}; inside 95% bands "
                     f"{c.coverage}; calibration slope "
                     f"{c.calibration_slope or float('nan'):.2f} [{lo:.2f}, {hi:.2f}]")
-    for col in ("arm", "round", "predicted", "predictive 95%", "observed", "Wilson 95%"):
+    for col in ("arm", "round", "predicted", "predictive 95%", "observed", "Wilson 95%",
+                "judge TPR / FPR"):
         t.add_column(col, justify="right")
     for arm, o in c.arms.items():
         a = pred.arms[arm]
         for n, obs in enumerate(o.observed):
+            rates = (f"{o.tpr[n]:.2f} / {o.fpr[n]:.2f}" if n < len(o.tpr) else "")
             t.add_row(arm if n == 0 else "", str(n), f"{a.point[n]:.3f}",
                       f"[{a.predictive[0][n]:.3f}, {a.predictive[1][n]:.3f}]",
-                      f"{obs:.3f}", f"[{o.wilson[0][n]:.3f}, {o.wilson[1][n]:.3f}]")
+                      f"{obs:.3f}", f"[{o.wilson[0][n]:.3f}, {o.wilson[1][n]:.3f}]", rates)
     console.print(t)
 
 
@@ -376,16 +378,45 @@ SUMMARY_HELP = (
 def summary_cmd(folders: list[Path] = typer.Argument(..., metavar="RUN_FOLDER",
                                                     help="run folders (the --out of "
                                                          "`quasirl lm validate`)"),
-                out: Path = typer.Option(None, help="also write the markdown to this file")
-                ) -> None:
+                out: Path = typer.Option(None, help="also write the markdown to this file"),
+                figure: Path = typer.Option(None, help="also draw the Exp 3 trajectories, "
+                                            "predicted against observed, to this PNG: a row "
+                                            "per model and task, a panel per arm, a colour "
+                                            "per run (channel and seed)")) -> None:
     """One summary table across validation runs (see SUMMARY_HELP)."""
     from quasirl.lm.validate import summarize_run, summary_markdown
 
-    md = summary_markdown([summarize_run(f) for f in folders])
+    rows = [summarize_run(f) for f in folders]
+    md = summary_markdown(rows)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(md, encoding="utf-8")
+    if figure is not None:
+        _trajectories_figure(rows, figure)
     sys.stdout.write(md)
+
+
+def _trajectories_figure(rows: list[dict], path: Path) -> None:
+    """``summary --figure``: the runs' Exp 3 trajectories, grouped by model and task."""
+    import json
+
+    from quasirl.lm.validate._io import EXP3_JSON
+    from quasirl.plots import _lm as plots
+    from quasirl.plots._style import savefig
+
+    groups: dict = {}
+    for row in rows:
+        f = Path(row["folder"]) / EXP3_JSON
+        if not f.is_file():
+            continue
+        label = f"{row['channel']}, seed {row['seed']}"
+        runs = groups.setdefault(f"{row['model']} {row['task']}", {})
+        runs[label if label not in runs else f"{label} ({row['run']})"] = json.loads(
+            f.read_text(encoding="utf-8"))
+    if not groups:
+        raise _bad("--figure: none of the folders has an Exp 3 result "
+                                f"({EXP3_JSON}) to draw")
+    savefig(plots.channels_trajectory_figure(groups), path)
 
 
 def register(app: typer.Typer) -> None:

@@ -62,6 +62,17 @@ class RoundSummary:
     def accept_rate(self) -> float:
         return self.accepted / self.n if self.n else float("nan")
 
+    @property
+    def tpr(self) -> float:
+        """The judge's TPR this round, P(accept | right), on this round's own samples."""
+        right = self.n - self.wrong
+        return (self.accepted - self.accepted_wrong) / right if right else float("nan")
+
+    @property
+    def fpr(self) -> float:
+        """The judge's FPR this round, P(accept | wrong), on this round's own samples."""
+        return self.accepted_wrong / self.wrong if self.wrong else float("nan")
+
 
 @dataclass
 class ChainResult:
@@ -83,9 +94,18 @@ class ChainResult:
     def accept_rate(self) -> np.ndarray:
         return np.array([r.accept_rate for r in self.rounds])
 
+    @property
+    def tpr(self) -> np.ndarray:
+        return np.array([r.tpr for r in self.rounds])
+
+    @property
+    def fpr(self) -> np.ndarray:
+        return np.array([r.fpr for r in self.rounds])
+
     def to_dict(self) -> dict:
         return {"config": self.config,
-                "rounds": [dict(r.__dict__, eps=r.eps, w=r.w, accept_rate=r.accept_rate)
+                "rounds": [dict(r.__dict__, eps=r.eps, w=r.w, accept_rate=r.accept_rate,
+                                tpr=r.tpr, fpr=r.fpr)
                            for r in self.rounds]}
 
 

@@ -6,6 +6,7 @@ it to :func:`savefig` to write a PNG.
 
 from ._lm import calibration_figure as calibration_figure
 from ._lm import chaining_figure as chaining_figure
+from ._lm import channels_trajectory_figure as channels_trajectory_figure
 from ._lm import channels_transfer_figure as channels_transfer_figure
 from ._lm import temperature_axis_figure as temperature_axis_figure
 from ._lm import trajectory_figure as trajectory_figure

@@ -8,6 +8,7 @@ Figure. ``quasirl lm ...`` draws them; the library itself never imports this mod
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ._style import LINESTYLES, MARKERS, line_colors, new_figure
 
@@ -204,4 +205,42 @@ def temperature_axis_figure(taxis: dict):
     axes[0][0].set_ylabel("eps on held-out queries")
     axes[0][0].set_ylim(-0.03, 1.03)
     axes[0][-1].legend(fontsize=6.5)
+    return fig
+
+
+def channels_trajectory_figure(groups: dict):
+    """Exp 3 per arm and adaptation channel: for each group (a row, e.g. one model and task) and
+    each run in it (a colour, e.g. one channel), the predicted eps_n (dashed, predictive 95%
+    band shaded) and the observed eps_n (Wilson 95%), one panel per arm. ``groups``: {row
+    title: {run label: the run's exp3_trajectory.json}}."""
+    order = ("filtered", "unfiltered", "random", "oracle")
+    arms = sorted({a for runs in groups.values() for tj in runs.values() for a in tj["arms"]},
+                  key=lambda a: order.index(a) if a in order else len(order))
+    fig, axes = new_figure(max(1, len(groups)), max(1, len(arms)), width=2.9, height=3.0,
+                           sharey=True)
+    axes = np.atleast_2d(axes)
+    for row, (title, runs) in enumerate(groups.items()):
+        colors = line_colors(len(runs))
+        for col, arm in enumerate(arms):
+            ax = axes[row, col]
+            for i, (label, tj) in enumerate(runs.items()):
+                if arm not in tj["arms"]:
+                    continue
+                p, o = tj["prediction"]["arms"][arm], tj["arms"][arm]
+                n = np.arange(len(p["point"]))
+                shift = (i - (len(runs) - 1) / 2) * 0.08
+                ax.fill_between(n, *p["predictive"], color=colors[i], alpha=0.12, lw=0)
+                ax.plot(n, p["point"], color=colors[i], ls="--", lw=1.1)
+                obs = np.asarray(o["observed"])
+                lo, hi = (np.asarray(x) for x in o["wilson"])
+                ax.errorbar(np.arange(obs.size) + shift, obs, yerr=_err(obs, lo, hi),
+                            fmt=MARKERS[i % 7] + "-", color=colors[i], capsize=2, ms=4,
+                            lw=0.9, label=label)
+            ax.set_title(f"{title}: {arm}" if title else arm, fontsize=8.5)
+            ax.set_xlabel("round n")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[row, 0].set_ylabel("eps_n = P(wrong answer)")
+        axes[row, -1].legend(fontsize=6.5, loc="lower right", title="observed; dashed: "
+                             "predicted", title_fontsize=6.5)
+    axes[0, 0].set_ylim(-0.03, 1.03)
     return fig

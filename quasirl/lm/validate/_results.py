@@ -250,6 +250,10 @@ class ArmComparison(_JSON):
     accept_rate: tuple[float, ...]
     w: tuple[float, ...]  # wrong fraction among accepted answers
     cluster_ci: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())  # query bootstrap 95%
+    # the judge's rates per round on the arm's own samples (the prediction holds them at
+    # Exp 1's; a judge that is the adapting model can drift)
+    tpr: tuple[float, ...] = ()
+    fpr: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

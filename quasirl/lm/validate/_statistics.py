@@ -554,7 +554,7 @@ def compare(prediction: Prediction, runs: dict[str, ChainResult], *, n_boot: int
         rows[arm] = ArmComparison(
             observed=floats(obs), wilson=(floats(lo), floats(hi)),
             covered=tuple(bool(c) for c in covered), accept_rate=floats(res.accept_rate),
-            w=floats(res.w),
+            w=floats(res.w), tpr=floats(res.tpr), fpr=floats(res.fpr),
             cluster_ci=_cluster_ci(boot[arm][0][:, :m], obs, jack[arm], n_clusters))
     # paired contrasts
     contrasts, dev, resid, names = {}, [], [], []
