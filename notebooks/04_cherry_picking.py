@@ -259,3 +259,37 @@ ax.set_xlabel("log p(kept answer), base model")
 ax.set_ylabel("after one LoRA round")
 ax.set_title("Training on the kept answers raises their probability")
 tuner.remove()
+
+# %% [markdown]
+# ## 7. The stored runs: the loop through the context, the weights, or both
+#
+# `results/` holds the pre-registered runs of `quasirl lm validate` on capitals (seed 1): the
+# in-context loop (`results/<model>-capitals-seed1`, llama.cpp), the loop through the weights
+# (`results/finetune/<model>-capitals-weights-seed1`: each round LoRA-trains the base model on
+# 32 of the answers the arm kept) and the two together (`...-both-seed1`). Each run predicted
+# its trajectory before its first Exp 3 sample, from its own Exp 1 rates and its own transfer
+# line; the figure puts every channel's prediction (dashed) next to what it observed. Reading
+# the stored JSON loads no model.
+
+# %%
+import json
+from pathlib import Path
+
+RESULTS = Path("..") / "results"
+CHANNELS = {"context": "{m}-capitals-seed1", "weights": "finetune/{m}-capitals-weights-seed1",
+            "context + weights": "finetune/{m}-capitals-both-seed1"}
+groups, transfers = {}, {}
+for m in ("smollm2-135m", "gemma3-270m"):
+    found = {name: RESULTS / pattern.format(m=m) for name, pattern in CHANNELS.items()}
+    found = {k: f for k, f in found.items() if (f / "exp3_trajectory.json").is_file()}
+    groups[f"{m} capitals"] = {k: json.loads((f / "exp3_trajectory.json").read_text())
+                               for k, f in found.items()}
+    for k, f in found.items():
+        e1 = json.loads((f / "exp1_calibration.json").read_text())
+        e3 = groups[f"{m} capitals"][k]["arms"]["filtered"]
+        fpr = " ".join("-" if x is None else f"{x:.2f}" for x in e3.get("fpr", []))  # since
+        print(f"{m:13s} {k:18s} eps0 {e1['eps']:.2f}   filtered arm "  # the judge's drift
+              + " ".join(f"{x:.2f}" for x in e3["observed"])
+              + (f"   its judge's FPR per round {fpr}" if fpr else ""))  # was recorded
+groups = {t: g for t, g in groups.items() if g}
+fig = plots.channels_trajectory_figure(groups)

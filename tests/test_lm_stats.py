@@ -343,6 +343,12 @@ def test_compare_on_a_synthetic_run(task, exp12):
             np.testing.assert_allclose(c.arms[arm].fpr[r], np.mean(wrong))
     assert c.arms["unfiltered"].tpr == c.arms["unfiltered"].fpr == (1.0,) * 3
     assert c.arms["oracle"].fpr[1:] == (0.0,) * 2
+    # post hoc: g applied to the w each arm really kept, by hand (lam inside [0, 1] here)
+    ing = tj.prediction.ingredients
+    assert 0 < ing.lam < 1 and 0 < ing.a / (1 - ing.lam) < 1
+    for arm, res in runs.items():
+        np.testing.assert_allclose(c.arms[arm].one_step,
+                                   [ing.eps0, *(ing.a + ing.lam * res.w[:2])], rtol=1e-12)
     names = [r.name for r in c.criteria]
     assert names == ["joint_contrasts", "each_contrast"]
     assert c.passed == all(r.passed for r in c.criteria)

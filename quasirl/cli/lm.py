@@ -80,15 +80,17 @@ def _print_trajectory(tj, console) -> None:
                     f"{c.coverage}; calibration slope "
                     f"{c.calibration_slope or float('nan'):.2f} [{lo:.2f}, {hi:.2f}]")
     for col in ("arm", "round", "predicted", "predictive 95%", "observed", "Wilson 95%",
-                "judge TPR / FPR"):
+                "judge TPR / FPR", "g(kept w), post hoc"):
         t.add_column(col, justify="right")
     for arm, o in c.arms.items():
         a = pred.arms[arm]
         for n, obs in enumerate(o.observed):
             rates = (f"{o.tpr[n]:.2f} / {o.fpr[n]:.2f}" if n < len(o.tpr) else "")
+            step = f"{o.one_step[n]:.3f}" if n and n < len(o.one_step) else ""
             t.add_row(arm if n == 0 else "", str(n), f"{a.point[n]:.3f}",
                       f"[{a.predictive[0][n]:.3f}, {a.predictive[1][n]:.3f}]",
-                      f"{obs:.3f}", f"[{o.wilson[0][n]:.3f}, {o.wilson[1][n]:.3f}]", rates)
+                      f"{obs:.3f}", f"[{o.wilson[0][n]:.3f}, {o.wilson[1][n]:.3f}]", rates,
+                      step)
     console.print(t)
 
 

@@ -254,6 +254,9 @@ class ArmComparison(_JSON):
     # Exp 1's; a judge that is the adapting model can drift)
     tpr: tuple[float, ...] = ()
     fpr: tuple[float, ...] = ()
+    # post hoc, not a criterion: eps_n = g(w_{n-1}) from the w this arm really kept (round 0:
+    # eps0), so a miss splits into the judge's part (w off its prediction) and g's part
+    one_step: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from ._results import (
     Transfer,
     floats,
 )
-from ._theory import bayes_w
+from ._theory import bayes_w, one_step
 
 # ----------------------------------------------------------------------------------------------
 # Exp 1: evaluator ROC
@@ -555,6 +555,8 @@ def compare(prediction: Prediction, runs: dict[str, ChainResult], *, n_boot: int
             observed=floats(obs), wilson=(floats(lo), floats(hi)),
             covered=tuple(bool(c) for c in covered), accept_rate=floats(res.accept_rate),
             w=floats(res.w), tpr=floats(res.tpr), fpr=floats(res.fpr),
+            one_step=floats(np.concatenate([[ing.eps0], one_step(ing.a, ing.lam,
+                                                                 res.w[:m - 1])])),
             cluster_ci=_cluster_ci(boot[arm][0][:, :m], obs, jack[arm], n_clusters))
     # paired contrasts
     contrasts, dev, resid, names = {}, [], [], []

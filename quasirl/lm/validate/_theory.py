@@ -49,6 +49,14 @@ def adapt(eps0, tpr, fpr, a, lam, rounds) -> np.ndarray:
                                            np.clip(fpr, 0, 1), g, rounds), dtype=np.float64)
 
 
+def one_step(a, lam, w) -> np.ndarray:
+    """The prediction's map g (as :func:`adapt` clips it) applied to observed wrong shares w:
+    eps_{n+1} predicted from what an arm really kept in round n."""
+    lam_c = float(np.clip(lam, 0.0, 1.0))
+    star = float(np.clip(a / (1.0 - lam_c), 0.0, 1.0)) if lam_c < 1 else 0.5
+    return (1.0 - lam_c) * star + lam_c * np.asarray(w, dtype=np.float64)
+
+
 def arm_rates(arm, n, tpr=None, fpr=None):
     """(TPR, FPR) of an arm: the signal's for ``filtered``; 1, 0 for ``oracle``; 1, 1 for the
     ``unfiltered`` and ``random`` arms (acceptance independent of correctness)."""
