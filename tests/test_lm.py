@@ -691,6 +691,10 @@ def _assert_stored_kept(new, old, changed=(), where=""):
         assert isinstance(new, dict) and set(old) <= set(new), (where, set(old) - set(new))
         for k in old:
             _assert_stored_kept(new[k], old[k], changed, f"{where}.{k}")
+    elif isinstance(old, list) and old and isinstance(old[0], dict):
+        assert isinstance(new, list) and len(new) == len(old), where
+        for i, (a, b) in enumerate(zip(new, old, strict=True)):
+            _assert_stored_kept(a, b, changed, f"{where}[{i}]")
     else:
         _assert_same_json(new, old, where)
 
@@ -749,6 +753,16 @@ def test_validate_rewrites_the_stored_results_from_their_records(tmp_path):
     for name in new:
         _assert_stored_kept(new[name], old[name], changed.get(name, ()))
         assert set(new[name]) - set(old[name]) == added[name], name
+    # added since issue 19: the judge's rates per round, and the post-hoc g(kept w) per arm
+    traj_new, traj_old = new["exp3_trajectory"], old["exp3_trajectory"]
+    for arm, rn in traj_new["runs"].items():
+        for r, ro in zip(rn["rounds"], traj_old["runs"][arm]["rounds"], strict=True):
+            assert set(r) - set(ro) == {"tpr", "fpr"}
+            right = r["n"] - r["wrong"]
+            if right:
+                assert r["tpr"] == pytest.approx((r["accepted"] - r["accepted_wrong"]) / right)
+        assert set(traj_new["arms"][arm]) - set(traj_old["arms"][arm]) == {
+            "cluster_ci", "tpr", "fpr", "one_step"}  # cluster_ci: issue 17
     for s in V.SIGNALS:  # the former Bayes check is reported next to the new one
         assert set(new["exp1_calibration"]["signals"][s]) - set(
             old["exp1_calibration"]["signals"][s]) == {"bayes_calibration_half"}
