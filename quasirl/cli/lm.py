@@ -401,6 +401,7 @@ def summary_cmd(folders: list[Path] = typer.Argument(..., metavar="RUN_FOLDER",
 def _trajectories_figure(rows: list[dict], path: Path) -> None:
     """``summary --figure``: the runs' Exp 3 trajectories, grouped by model and task."""
     import json
+    from collections import Counter
 
     from quasirl.lm.validate._io import EXP3_JSON
     from quasirl.plots import _lm as plots
@@ -413,8 +414,11 @@ def _trajectories_figure(rows: list[dict], path: Path) -> None:
             continue
         label = f"{row['channel']}, seed {row['seed']}"
         runs = groups.setdefault(f"{row['model']} {row['task']}", {})
-        runs[label if label not in runs else f"{label} ({row['run']})"] = json.loads(
-            f.read_text(encoding="utf-8"))
+        runs[(label, row["run"])] = json.loads(f.read_text(encoding="utf-8"))
+    for title, runs in groups.items():  # runs that share channel and seed: named by folder
+        counts = Counter(label for label, _ in runs)
+        groups[title] = {(label if counts[label] == 1 else f"{label} ({run})"): tj
+                         for (label, run), tj in runs.items()}
     if not groups:
         raise _bad("--figure: none of the folders has an Exp 3 result "
                                 f"({EXP3_JSON}) to draw")
