@@ -74,6 +74,11 @@ class RoundSummary:
         return self.accepted_wrong / self.wrong if self.wrong else float("nan")
 
 
+def _per_round(name: str) -> property:
+    """A ChainResult property: ``RoundSummary.<name>`` of every round as an array."""
+    return property(lambda self: np.array([getattr(r, name) for r in self.rounds]))
+
+
 @dataclass
 class ChainResult:
     """Records and per-round summaries of one chaining run (one arm)."""
@@ -82,25 +87,12 @@ class ChainResult:
     records: list[dict]
     rounds: list[RoundSummary] = field(default_factory=list)
 
-    @property
-    def eps(self) -> np.ndarray:
-        return np.array([r.eps for r in self.rounds])
-
-    @property
-    def w(self) -> np.ndarray:
-        return np.array([r.w for r in self.rounds])
-
-    @property
-    def accept_rate(self) -> np.ndarray:
-        return np.array([r.accept_rate for r in self.rounds])
-
-    @property
-    def tpr(self) -> np.ndarray:
-        return np.array([r.tpr for r in self.rounds])
-
-    @property
-    def fpr(self) -> np.ndarray:
-        return np.array([r.fpr for r in self.rounds])
+    # per round, as arrays: error rate, wrong share of the kept, accept rate, judge TPR / FPR
+    eps = _per_round("eps")
+    w = _per_round("w")
+    accept_rate = _per_round("accept_rate")
+    tpr = _per_round("tpr")
+    fpr = _per_round("fpr")
 
     def to_dict(self) -> dict:
         return {"config": self.config,
